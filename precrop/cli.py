@@ -1,0 +1,69 @@
+"""The `precrop` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from precrop.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `precrop` argument parser."""
+    parser = _Parser(prog="precrop", description="Structured pruning of CNNs at initialization.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    info = commands.add_parser("info", help="show a model's channel groups, layers and exact cost")
+    info.add_argument("arch", help="a built-in name (see `precrop info --list`) or torchvision:<name>")
+    info.add_argument("--num-classes", type=_positive_int, default=None, help="default: the arch's")
+    info.add_argument("--input-size", type=_positive_int, default=None, help="square input side")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `precrop` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            return _run_info(args)
+    except UserError as exc:
+        print(f"precrop: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from precrop.inspect import describe, info_dict, render_info
+
+    table = describe(args.arch, num_classes=args.num_classes, input_size=args.input_size)
+    if args.json:
+        print(json.dumps(info_dict(table)))
+    else:
+        print(render_info(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

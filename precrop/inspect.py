@@ -1,0 +1,99 @@
+"""`precrop info`: trace an architecture and present its layer table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from precrop.costmodel import LayerTable
+from precrop.errors import UserError
+from precrop.textui import format_table, human
+
+
+def describe(arch: str, num_classes: int | None = None, input_size: int | None = None) -> LayerTable:
+    """Build `arch` densely and trace its layer table (UserError for unknown or untraceable archs)."""
+    from precrop.tracing import TracingError, trace_layer_table
+    from precrop.zoo import REGISTRY
+
+    spec = REGISTRY.get(arch)
+    classes = num_classes or spec.num_classes
+    size = input_size or spec.input_size
+    model = spec.build(classes)
+    try:
+        return trace_layer_table(model, arch, size, classes)
+    except TracingError as exc:
+        raise UserError(f"{arch} at input size {size} is not supported: {exc}") from exc
+
+
+def info_dict(table: LayerTable) -> dict[str, Any]:
+    """The JSON object `precrop info --json` prints."""
+    base = table.base_widths
+    cost = table.cost()
+    return {
+        "arch": table.arch,
+        "num_classes": table.num_classes,
+        "input_shape": list(table.input_shape),
+        "params": cost.params,
+        "macs": cost.macs,
+        "fixed_params": table.fixed_params,
+        "groups": [
+            {"name": g.name, "width": g.width, "fixed": g.fixed, "layers": table.layers_touching(g.name)}
+            for g in table.groups
+        ],
+        "layers": [
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "in_groups": list(layer.in_groups),
+                "out_group": layer.out_group,
+                "kernel": list(layer.kernel),
+                "groups": layer.conv_groups,
+                "depthwise": layer.depthwise,
+                "bias": layer.bias,
+                "out_hw": list(layer.out_hw),
+                "in_per_channel": layer.in_per_channel,
+                "params": layer.params(base),
+                "macs": layer.macs(base),
+            }
+            for layer in table.layers
+        ],
+        "norms": [{"name": n.name, "groups": list(n.groups), "per_channel": n.per_channel} for n in table.norms],
+    }
+
+
+def render_info(table: LayerTable) -> str:
+    """Human-readable groups table, layers table and totals."""
+    base = table.base_widths
+    group_rows = [
+        [g.name, g.width, table.layers_touching(g.name), "fixed" if g.fixed else "prunable"] for g in table.groups
+    ]
+    layer_rows = [
+        [
+            layer.name,
+            "dwconv" if layer.depthwise else layer.kind,
+            "+".join(layer.in_groups),
+            layer.out_group,
+            f"{layer.kernel[0]}x{layer.kernel[1]}",
+            f"{layer.out_hw[0]}x{layer.out_hw[1]}",
+            layer.params(base),
+            layer.macs(base),
+        ]
+        for layer in table.layers
+    ]
+    cost = table.cost()
+    c, h, w = table.input_shape
+    footer = (
+        f"{table.arch}: {len(table.prunable_groups)} prunable channel groups, {len(table.layers)} layers, "
+        f"input {c}x{h}x{w}, {table.num_classes} classes\n"
+        f"total: {cost.params:,} params ({human(cost.params)}), {cost.macs:,} MACs ({human(cost.macs)})"
+    )
+    if table.fixed_params:
+        footer += f"\n{table.fixed_params:,} params outside traced layers are counted as a fixed cost"
+    return "\n\n".join(
+        [
+            "Channel groups",
+            format_table(["group", "width", "layers", "status"], group_rows),
+            "Layers",
+            format_table(["layer", "kind", "reads", "writes", "kernel", "out", "params", "MACs"], layer_rows),
+            footer,
+        ]
+    )
