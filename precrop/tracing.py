@@ -75,9 +75,7 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
-def _record_forward(
-    model: nn.Module, x: torch.Tensor
-) -> tuple[list[nn.Module], dict[nn.Module, tuple[int, ...]]]:
+def _record_forward(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, tuple[int, ...]]]:
     """Forward order of conv/linear/pad layers and their output shapes."""
     order: list[nn.Module] = []
     shapes: dict[nn.Module, tuple[int, ...]] = {}
@@ -132,9 +130,7 @@ def _trace(model: nn.Module, arch: str, input_size: int, num_classes: int) -> La
     widths_by_id = {gid: info.width for gid, info in enumerate(infos)}
     layers = []
     for module in order:
-        layer = _layer_entry(
-            module, names[module], shapes[module], out_group, in_segments, group_names, widths_by_id
-        )
+        layer = _layer_entry(module, names[module], shapes[module], out_group, in_segments, group_names, widths_by_id)
         layers.append(layer)
         if layer.kind == "conv" and layer.conv_groups > 1 and not layer.depthwise:
             for g in (*layer.in_groups, layer.out_group):
@@ -269,6 +265,4 @@ def verify_table(table: LayerTable, model: nn.Module, widths: dict[str, int] | N
     predicted = table.cost(widths or {})
     counted = count_cost(model, table.input_shape)
     if predicted != counted:
-        raise TracingError(
-            f"cost model of {table.arch} is not exact: predicted {predicted}, counted {counted}"
-        )
+        raise TracingError(f"cost model of {table.arch} is not exact: predicted {predicted}, counted {counted}")

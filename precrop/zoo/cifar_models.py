@@ -75,9 +75,7 @@ def vgg16_bn_cifar(num_classes: int = 10) -> nn.Module:
 
 def mobilenetv2_cifar(num_classes: int = 10) -> nn.Module:
     """torchvision MobileNetV2 with a stride-1 stem and stride-1 second stage (32x32 inputs)."""
-    model = torchvision.models.MobileNetV2(
-        num_classes=num_classes, inverted_residual_setting=MOBILENETV2_CIFAR_SETTING
-    )
+    model = torchvision.models.MobileNetV2(num_classes=num_classes, inverted_residual_setting=MOBILENETV2_CIFAR_SETTING)
     stem = model.features[0][0]
     assert isinstance(stem, nn.Conv2d)
     stem.stride = (1, 1)

@@ -62,9 +62,7 @@ class Registry:
         if name.startswith(TORCHVISION_PREFIX):
             return _torchvision_spec(name)
         valid = ", ".join(self.names())
-        raise UnknownArchError(
-            f"unknown architecture {name!r}; valid names: {valid}, or torchvision:<model name>"
-        )
+        raise UnknownArchError(f"unknown architecture {name!r}; valid names: {valid}, or torchvision:<model name>")
 
 
 def torchvision_classification_models() -> list[str]:
@@ -78,9 +76,7 @@ def _torchvision_spec(name: str) -> ArchSpec:
     tv_name = name[len(TORCHVISION_PREFIX) :]
     available = torchvision_classification_models()
     if tv_name not in available:
-        raise UnknownArchError(
-            f"unknown torchvision classification model {tv_name!r}; valid: {', '.join(available)}"
-        )
+        raise UnknownArchError(f"unknown torchvision classification model {tv_name!r}; valid: {', '.join(available)}")
 
     def build(num_classes: int) -> nn.Module:
         import torchvision
