@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--num-classes", type=_positive_int, default=None, help="default: the arch's")
     info.add_argument("--input-size", type=_positive_int, default=None, help="square input side")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+    alloc = commands.add_parser("allocate", help="SynExp widths for a params and/or MACs budget")
+    alloc.add_argument("arch")
+    alloc.add_argument("--macs", type=float, help="MACs budget as a fraction of the dense model")
+    alloc.add_argument("--params", type=float, help="parameter budget as a fraction of the dense model")
+    alloc.add_argument("--variant", default="fit", help="channel mapping: fit (default), gp or internal")
+    alloc.add_argument("--divisor", type=_positive_int, default=8, help="widths are multiples of this")
+    alloc.add_argument("--min-width", type=_positive_int, default=8, help="no group narrower than this")
+    alloc.add_argument("--expand", type=float, default=1.0, help="PreConfig: groups may grow to U x base")
+    alloc.add_argument("--scale", type=float, help="PreConfig: MACs budget = S x base (S may exceed 1)")
+    alloc.add_argument("--solver", default="closed_form", help="density program: closed_form or cvxpy")
+    alloc.add_argument("--num-classes", type=_positive_int, default=None)
+    alloc.add_argument("--input-size", type=_positive_int, default=None)
+    alloc.add_argument("--json", action="store_true", help="print the plan JSON")
+    alloc.add_argument("-o", "--output", help="write the plan JSON to this file")
     return parser
 
 
@@ -48,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "info":
             return _run_info(args)
+        if args.command == "allocate":
+            from precrop.allocate_cli import run_allocate
+
+            return run_allocate(args)
     except UserError as exc:
         print(f"precrop: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

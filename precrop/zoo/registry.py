@@ -21,6 +21,7 @@ class ArchSpec:
     num_classes: int
     input_size: int
     description: str
+    init: Callable[[nn.Module], None] | None = None
 
 
 class DuplicateArchError(ValueError):
@@ -83,5 +84,7 @@ def _torchvision_spec(name: str) -> ArchSpec:
 
         return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
 
+    from precrop.zoo.inits import init_pytorch_default
+
     size = 299 if tv_name == "inception_v3" else 224
-    return ArchSpec(name, build, 1000, size, f"torchvision.models.{tv_name}")
+    return ArchSpec(name, build, 1000, size, f"torchvision.models.{tv_name}", init_pytorch_default)

@@ -1,0 +1,43 @@
+"""Build the dense model a WidthPlan describes, re-initialized with its family's own init."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from precrop.costmodel import LayerTable
+from precrop.plan import PlanError, WidthPlan
+from precrop.surgery import resize_to_widths
+from precrop.tracing import trace_layer_table
+from precrop.zoo import REGISTRY
+from precrop.zoo.inits import init_pytorch_default
+
+
+def layer_table(arch: str, num_classes: int | None = None, input_size: int | None = None) -> LayerTable:
+    """Trace the dense `arch` (defaults from the registry)."""
+    spec = REGISTRY.get(arch)
+    classes = num_classes or spec.num_classes
+    return trace_layer_table(spec.build(classes), arch, input_size or spec.input_size, classes, verify=False)
+
+
+def build_from_plan(plan: WidthPlan, seed: int | None = None) -> nn.Module:
+    """A plain dense nn.Module at the plan's widths, freshly initialized as the family would.
+
+    Raises PlanError when the plan's groups do not match the architecture's.
+    """
+    spec = REGISTRY.get(plan.arch)
+    model = spec.build(plan.num_classes)
+    table = trace_layer_table(model, plan.arch, plan.input_shape[1], plan.num_classes, verify=False)
+    expected = set(table.base_widths)
+    if set(plan.widths) != expected:
+        missing = sorted(expected - set(plan.widths))[:3]
+        extra = sorted(set(plan.widths) - expected)[:3]
+        raise PlanError(f"plan does not match {plan.arch}: missing groups {missing}, unknown groups {extra}")
+    try:
+        resize_to_widths(model, table, dict(plan.widths))
+    except ValueError as exc:
+        raise PlanError(f"plan widths are not valid for {plan.arch}: {exc}") from exc
+    if seed is not None:
+        torch.manual_seed(seed)
+    (spec.init or init_pytorch_default)(model)
+    return model
