@@ -116,7 +116,7 @@ class SynExpAllocator:
         log_d = self._log_densities(table, request, mapper, budgets)
         result = mapper.solve(log_d, budgets)
         targets = {g: table.group(g).width * math.exp(y) for g, y in zip(mapper.groups, result.y, strict=True)}
-        widths = repair(table, round_widths(targets, bounds), targets, bounds, budgets)
+        widths = repair(table, round_widths(targets, bounds), targets, bounds, budgets, mapper.costs)
         predicted = _continuous_cost(table, mapper.groups, result.y)
         elapsed = (time.perf_counter() - start) * 1000
         return WidthPlan(

@@ -1,9 +1,11 @@
 """Round continuous widths to a divisor, then repair greedily so the exact cost meets the budget.
 
-Repair first steps widths down until every budget holds (never silently above it), then steps
-widths up while every budget still holds, so the result lands as close to the budget as the
-divisor allows. Each step picks the group whose change costs the least distance from the
-continuous solution per unit of budget it frees (or uses). Pure Python + numpy.
+Repair first steps widths down until every budget holds on the exact cost model (never silently
+above it), then steps widths up while every budget still holds, so the result lands as close to the
+budget as the divisor allows. Each step picks the group whose change costs the least distance from
+the continuous solution per unit of budget it frees (or uses). Candidate steps are scored in one
+vectorized posynomial evaluation; every accepted step is checked on the exact integer cost.
+Pure Python + numpy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from precrop.costmodel import LayerTable
+from precrop.posynomial import Posynomial
 
 
 @dataclass(frozen=True)
@@ -53,66 +56,91 @@ def _over(table: LayerTable, widths: Mapping[str, int], budgets: Mapping[str, fl
     return any(getattr(cost, m) > budgets[m] for m in budgets)
 
 
-def _distance(widths: Mapping[str, int], log_targets: Mapping[str, float], weight: Mapping[str, int]) -> float:
-    return sum(weight[g] * (math.log(widths[g]) - log_targets[g]) ** 2 for g in log_targets)
+@dataclass
+class _Repair:
+    """State of one repair: current widths as a vector over the posynomials' groups."""
+
+    table: LayerTable
+    costs: Mapping[str, Posynomial]
+    budgets: Mapping[str, float]
+    groups: tuple[str, ...]
+    base: NDArray[np.float64]
+    widths: NDArray[np.float64]
+    log_targets: NDArray[np.float64]
+    weight: NDArray[np.float64]
+    low: NDArray[np.float64]
+    high: NDArray[np.float64]
+    step: NDArray[np.float64]
+
+    def as_dict(self) -> dict[str, int]:
+        return {g: int(w) for g, w in zip(self.groups, self.widths, strict=True)}
+
+    def best_step(self, down: bool, excluded: set[int]) -> int | None:
+        """Index of the group whose one-step change scores best (None if no valid step)."""
+        sign = -1.0 if down else 1.0
+        new = self.widths + sign * self.step
+        valid = (self.step > 0) & (new >= self.low) & (new <= self.high)
+        valid[list(excluded)] = False
+        candidates = np.flatnonzero(valid)
+        if candidates.size == 0:
+            return None
+        y_now = np.log(self.widths / self.base)
+        ys = np.tile(y_now, (candidates.size, 1))
+        ys[np.arange(candidates.size), candidates] = np.log(new[candidates] / self.base[candidates])
+        used = np.zeros(candidates.size)
+        fits = np.ones(candidates.size, dtype=bool)
+        for metric, posy in self.costs.items():
+            after = posy.values(ys)
+            used += np.abs(after - posy.value(y_now)) / self.budgets[metric]
+            fits &= after <= self.budgets[metric]
+        old_d = (np.log(self.widths[candidates]) - self.log_targets[candidates]) ** 2
+        new_d = (np.log(new[candidates]) - self.log_targets[candidates]) ** 2
+        score = self.weight[candidates] * (new_d - old_d) / np.maximum(used, 1e-300)
+        ok = used > 0 if down else (used > 0) & fits
+        if not ok.any():
+            return None
+        score[~ok] = np.inf
+        return int(candidates[int(np.argmin(score))])
 
 
 def repair(
     table: LayerTable,
-    widths: dict[str, int],
+    widths: Mapping[str, int],
     targets: Mapping[str, float],
     bounds: Mapping[str, WidthBounds],
     budgets: Mapping[str, float],
+    costs: Mapping[str, Posynomial],
 ) -> dict[str, int]:
-    """Step widths down until the exact cost meets `budgets`, then up while it still does."""
-    log_targets = {g: math.log(max(t, 1e-9)) for g, t in targets.items()}
-    weight = {g: max(table.layers_touching(g), 1) for g in targets}
-    movable = [g for g in targets if bounds[g].step > 0]
-    widths = dict(widths)
-    while _over(table, widths, budgets):
-        step = _best_step(table, widths, movable, bounds, budgets, log_targets, weight, down=True)
-        if step is None:
+    """Step widths down until the exact cost meets `budgets`, then up while it still does.
+
+    `costs` are the budgeted metrics as posynomials over exactly the groups of `targets`.
+    """
+    groups = tuple(targets)
+    state = _Repair(
+        table=table,
+        costs=costs,
+        budgets=budgets,
+        groups=groups,
+        base=np.array([table.group(g).width for g in groups], dtype=np.float64),
+        widths=np.array([widths[g] for g in groups], dtype=np.float64),
+        log_targets=np.log(np.maximum([targets[g] for g in groups], 1e-9)),
+        weight=np.array([max(table.layers_touching(g), 1) for g in groups], dtype=np.float64),
+        low=np.array([bounds[g].low for g in groups], dtype=np.float64),
+        high=np.array([bounds[g].high for g in groups], dtype=np.float64),
+        step=np.array([bounds[g].step for g in groups], dtype=np.float64),
+    )
+    for posy in costs.values():
+        if posy.groups != groups:
+            raise ValueError("cost posynomials must be over the target groups")
+    while _over(table, state.as_dict(), budgets):
+        i = state.best_step(down=True, excluded=set())
+        if i is None:
             raise ValueError("budget cannot be met at the minimum widths")
-        widths[step] -= bounds[step].step
-    while True:
-        step = _best_step(table, widths, movable, bounds, budgets, log_targets, weight, down=False)
-        if step is None:
-            return widths
-        widths[step] += bounds[step].step
-
-
-def _best_step(
-    table: LayerTable,
-    widths: dict[str, int],
-    movable: list[str],
-    bounds: Mapping[str, WidthBounds],
-    budgets: Mapping[str, float],
-    log_targets: Mapping[str, float],
-    weight: Mapping[str, int],
-    down: bool,
-) -> str | None:
-    """The group whose one-step change has the best distance-per-budget ratio (None if no valid step)."""
-    now = table.cost(widths)
-    now_distance = _distance(widths, log_targets, weight)
-    best: tuple[float, str] | None = None
-    for g in movable:
-        b = bounds[g]
-        new = widths[g] - b.step if down else widths[g] + b.step
-        if new < b.low or new > b.high:
-            continue
-        trial = {**widths, g: new}
-        cost = table.cost(trial)
-        used = sum(abs(getattr(cost, m) - getattr(now, m)) / budgets[m] for m in budgets)
-        if used <= 0:
-            continue
-        if not down and any(getattr(cost, m) > budgets[m] for m in budgets):
-            continue
-        score = (_distance(trial, log_targets, weight) - now_distance) / used
-        if best is None or score < best[0]:
-            best = (score, g)
-    return None if best is None else best[1]
-
-
-def as_array(values: Mapping[str, float], order: tuple[str, ...]) -> NDArray[np.float64]:
-    """Values in group order."""
-    return np.array([values[g] for g in order], dtype=np.float64)
+        state.widths[i] -= state.step[i]
+    excluded: set[int] = set()
+    while (i := state.best_step(down=False, excluded=excluded)) is not None:
+        state.widths[i] += state.step[i]
+        if _over(table, state.as_dict(), budgets):  # float scoring said it fits; the exact cost decides
+            state.widths[i] -= state.step[i]
+            excluded.add(i)
+    return state.as_dict()

@@ -36,6 +36,7 @@ class VGGCifar(nn.Module):
 
     def __init__(self, num_classes: int = 10, config: tuple[int | str, ...] = VGG16_CONFIG) -> None:
         super().__init__()
+        self.config_entries = config
         layers: list[nn.Module] = []
         in_width = 3
         for entry in config:
