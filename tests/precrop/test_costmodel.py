@@ -90,7 +90,10 @@ def test_layers_touching_counts_readers_and_writers() -> None:
     assert table.layers_touching("b") == 2
 
 
-def test_costmodel_import_does_not_import_torch() -> None:
-    code = "import sys, precrop.costmodel; print('torch' in sys.modules)"
+def test_cost_and_convex_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, precrop.costmodel, precrop.posynomial, precrop.density, precrop.mapping, "
+        "precrop.rounding, precrop.plan, precrop.allocate; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
