@@ -34,31 +34,32 @@ def init_torchvision_resnet(model: nn.Module) -> None:
         _norms_to_identity(m)
 
 
-def init_torchvision_mobilenetv2(model: nn.Module) -> None:
-    """torchvision MobileNetV2: Kaiming-normal fan_out convs, BN 1/0, N(0, 0.01) linear."""
+def _init_mobile_family(model: nn.Module, init_linear: Callable[[nn.Linear], object]) -> None:
+    """Shared by MobileNetV2 and EfficientNet: Kaiming-normal fan_out convs, zero conv bias, BN 1/0."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
+            init_linear(m)
             nn.init.zeros_(m.bias)
         _norms_to_identity(m)
+
+
+def init_torchvision_mobilenetv2(model: nn.Module) -> None:
+    """torchvision MobileNetV2: Kaiming-normal fan_out convs, BN 1/0, N(0, 0.01) linear."""
+    _init_mobile_family(model, lambda m: nn.init.normal_(m.weight, 0, 0.01))
 
 
 def init_torchvision_efficientnet(model: nn.Module) -> None:
     """torchvision EfficientNet: Kaiming-normal fan_out convs, BN 1/0, U(+-1/sqrt(out)) linear."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.out_features)
-            nn.init.uniform_(m.weight, -bound, bound)
-            nn.init.zeros_(m.bias)
-        _norms_to_identity(m)
+
+    def uniform(m: nn.Linear) -> None:
+        bound = 1.0 / math.sqrt(m.out_features)
+        nn.init.uniform_(m.weight, -bound, bound)
+
+    _init_mobile_family(model, uniform)
 
 
 def init_pytorch_default(model: nn.Module) -> None:
