@@ -17,9 +17,8 @@ import numpy as np
 from precrop.costmodel import Cost, LayerTable
 from precrop.density import CvxDensitySolver, DensityProblem, InfeasibleBudget, closed_form
 from precrop.errors import UserError
-from precrop.mapping import VARIANTS, ChannelMapper, density_rows, movable_groups
+from precrop.mapping import VARIANTS, ChannelMapper, movable_groups
 from precrop.plan import WidthPlan
-from precrop.posynomial import posynomial
 from precrop.rounding import WidthBounds, repair, round_widths, width_bounds
 
 
@@ -113,11 +112,11 @@ class SynExpAllocator:
                     f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
                 )
         mapper = self._mapper(table, request, bounds)
-        log_d = self._log_densities(table, request, mapper, budgets)
+        log_d = self._log_densities(table, base, request, mapper, budgets)
         result = mapper.solve(log_d, budgets)
         targets = {g: table.group(g).width * math.exp(y) for g, y in zip(mapper.groups, result.y, strict=True)}
         widths = repair(table, round_widths(targets, bounds), targets, bounds, budgets, mapper.costs)
-        predicted = _continuous_cost(table, mapper.groups, result.y)
+        predicted = Cost(*(round(mapper.posynomials[m].value(result.y)) for m in ("params", "macs")))
         elapsed = (time.perf_counter() - start) * 1000
         return WidthPlan(
             arch=table.arch,
@@ -145,15 +144,19 @@ class SynExpAllocator:
         return mapper
 
     def _log_densities(
-        self, table: LayerTable, request: AllocationRequest, mapper: ChannelMapper, budgets: dict[str, float]
+        self,
+        table: LayerTable,
+        base_cost: Cost,
+        request: AllocationRequest,
+        mapper: ChannelMapper,
+        budgets: dict[str, float],
     ) -> np.ndarray:
         """Solve the density program over the layers the variant can change."""
         base = table.base_widths
-        layers, _ = density_rows(table, mapper.groups)
+        layers = mapper.layers
         params = np.array([layer.weight_count(base) for layer in layers], dtype=np.float64)
         macs = np.array([layer.macs(base) for layer in layers], dtype=np.float64)
         problem = DensityProblem(params, macs, request.d_min, request.expand)
-        base_cost = table.cost()
         fixed = {"params": base_cost.params - params.sum(), "macs": base_cost.macs - macs.sum()}
         density_budget = {m: budgets[m] - fixed[m] for m in budgets}
         if any(b <= 0 for b in density_budget.values()):
@@ -170,13 +173,6 @@ class SynExpAllocator:
         except InfeasibleBudget as exc:
             raise BudgetError(str(exc)) from exc
         return np.log(d)
-
-
-def _continuous_cost(table: LayerTable, groups: tuple[str, ...], y: np.ndarray) -> Cost:
-    """Cost of the continuous (unrounded) solution."""
-    params = posynomial(table, "params", groups).value(y)
-    macs = posynomial(table, "macs", groups).value(y)
-    return Cost(params=round(params), macs=round(macs))
 
 
 ALLOCATORS: dict[str, type[SynExpAllocator]] = {SynExpAllocator.name: SynExpAllocator}

@@ -13,11 +13,13 @@ from precrop.zoo import REGISTRY
 from precrop.zoo.inits import init_pytorch_default
 
 
-def layer_table(arch: str, num_classes: int | None = None, input_size: int | None = None) -> LayerTable:
-    """Trace the dense `arch` (defaults from the registry)."""
+def layer_table(
+    arch: str, num_classes: int | None = None, input_size: int | None = None, *, verify: bool = False
+) -> LayerTable:
+    """Trace the dense `arch` (defaults from the registry); `verify` checks it against counted cost."""
     spec = REGISTRY.get(arch)
     classes = num_classes or spec.num_classes
-    return trace_layer_table(spec.build(classes), arch, input_size or spec.input_size, classes, verify=False)
+    return trace_layer_table(spec.build(classes), arch, input_size or spec.input_size, classes, verify=verify)
 
 
 def build_from_plan(plan: WidthPlan, seed: int | None = None) -> nn.Module:

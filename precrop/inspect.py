@@ -11,15 +11,13 @@ from precrop.textui import format_table, human
 
 def describe(arch: str, num_classes: int | None = None, input_size: int | None = None) -> LayerTable:
     """Build `arch` densely and trace its layer table (UserError for unknown or untraceable archs)."""
-    from precrop.tracing import TracingError, trace_layer_table
+    from precrop.build import layer_table
+    from precrop.tracing import TracingError
     from precrop.zoo import REGISTRY
 
-    spec = REGISTRY.get(arch)
-    classes = num_classes or spec.num_classes
-    size = input_size or spec.input_size
-    model = spec.build(classes)
+    size = input_size or REGISTRY.get(arch).input_size
     try:
-        return trace_layer_table(model, arch, size, classes)
+        return layer_table(arch, num_classes, size, verify=True)
     except TracingError as exc:
         raise UserError(f"{arch} at input size {size} is not supported: {exc}") from exc
 

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from precrop.costmodel import Layer, LayerTable
-from precrop.posynomial import Posynomial, posynomial
+from precrop.posynomial import METRICS, Posynomial, posynomial
 
 VARIANTS = ("fit", "gp", "internal")
 
@@ -84,14 +84,17 @@ class ChannelMapper:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         self.groups = movable_groups(table, variant)
         self.layers, self.rows = density_rows(table, self.groups)
-        self.costs: dict[str, Posynomial] = {m: posynomial(table, m, self.groups) for m in metrics}
+        self.posynomials: dict[str, Posynomial] = {m: posynomial(table, m, self.groups) for m in METRICS}
+        self.costs = {m: self.posynomials[m] for m in metrics}
+        self._scales = {m: cost.value(np.zeros(len(self.groups))) for m, cost in self.costs.items()}
         self._y = cp.Variable(len(self.groups))
         self._log_d = cp.Parameter(len(self.layers))
         self._budgets = {m: cp.Parameter(nonneg=True) for m in metrics}
         constraints = [self._y >= lower, self._y <= upper]
         for metric, cost in self.costs.items():
-            scale = cost.value(np.zeros(len(self.groups)))
-            constraints.append((cost.coef / scale) @ cp.exp(cost.exponents @ self._y) <= self._budgets[metric])
+            constraints.append(
+                (cost.coef / self._scales[metric]) @ cp.exp(cost.exponents @ self._y) <= self._budgets[metric]
+            )
         if variant == "gp":
             goal = cp.Maximize(cp.sum(self.rows @ self._y))
         else:
@@ -103,8 +106,7 @@ class ChannelMapper:
         """Log keep ratios meeting `budgets` (absolute costs) closest to the densities."""
         self._log_d.value = log_densities
         for metric, cost in self.costs.items():
-            scale = cost.value(np.zeros(len(self.groups)))
-            self._budgets[metric].value = max(budgets[metric] - cost.constant, 0.0) / scale
+            self._budgets[metric].value = max(budgets[metric] - cost.constant, 0.0) / self._scales[metric]
         self._program.solve(solver=cp.CLARABEL)
         status = str(self._program.status)
         if self._y.value is None or status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
