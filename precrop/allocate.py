@@ -176,3 +176,22 @@ class SynExpAllocator:
 
 
 ALLOCATORS: dict[str, type[SynExpAllocator]] = {SynExpAllocator.name: SynExpAllocator}
+
+
+def dense_plan(table: LayerTable) -> WidthPlan:
+    """The plan of the unpruned model: every group at its base width (allocator `dense`)."""
+    base = table.cost()
+    return WidthPlan(
+        arch=table.arch,
+        input_shape=table.input_shape,
+        num_classes=table.num_classes,
+        widths=table.base_widths,
+        budget={"params": None, "macs": None},
+        base=base,
+        predicted=base,
+        counted=base,
+        allocator="dense",
+        options={},
+        solver_status="not solved",
+        solve_ms=0.0,
+    )

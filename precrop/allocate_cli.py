@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
 
 from precrop.allocate import AllocationRequest, BudgetError, SynExpAllocator
 from precrop.costmodel import LayerTable
-from precrop.errors import UserError
+from precrop.fileio import write_atomically
 from precrop.inspect import describe
 from precrop.plan import WidthPlan
 from precrop.textui import format_table
@@ -45,21 +42,8 @@ def render_plan(plan: WidthPlan, table: LayerTable) -> str:
 
 
 def write_plan_atomically(plan: WidthPlan, path: str) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: never a half-written plan."""
-    target = Path(path)
-    if not target.parent.exists():
-        raise UserError(f"cannot write plan: directory {target.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UserError(f"cannot write plan to {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(plan.to_json(indent=2) + "\n")
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write plan to {path}: {exc.strerror}") from exc
+    """Write the plan JSON so that `path` never holds a half-written plan."""
+    write_atomically(path, plan.to_json(indent=2) + "\n")
 
 
 def run_allocate(args: argparse.Namespace) -> int:

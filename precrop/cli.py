@@ -1,11 +1,16 @@
-"""The `precrop` command line. User errors print one line and exit with code 2."""
+"""The `info` and `allocate` commands of the `precrop` command line; user errors exit with code 2.
+
+The full `precrop` command (with `train`, and later `search`) is assembled in `search/cli.py`, the top
+layer; this module only knows the commands of the precrop package so that it imports nothing above it.
+`python -m precrop.cli` runs just these commands.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from precrop.errors import UserError
@@ -13,14 +18,14 @@ from precrop.errors import UserError
 EXIT_USER_ERROR = 2
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -30,14 +35,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `precrop` argument parser."""
-    parser = _Parser(prog="precrop", description="Structured pruning of CNNs at initialization.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[OneLineErrorParser]]:
+    """The top-level `precrop` parser and its (empty) sub-command set."""
+    parser = OneLineErrorParser(prog="precrop", description="Structured pruning of CNNs at initialization.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+    return parser, commands
+
+
+def add_precrop_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """Register `info` and `allocate`."""
     info = commands.add_parser("info", help="show a model's channel groups, layers and exact cost")
     info.add_argument("arch", help="a built-in name (see `precrop info --list`) or torchvision:<name>")
-    info.add_argument("--num-classes", type=_positive_int, default=None, help="default: the arch's")
-    info.add_argument("--input-size", type=_positive_int, default=None, help="square input side")
+    info.add_argument("--num-classes", type=positive_int, default=None, help="default: the arch's")
+    info.add_argument("--input-size", type=positive_int, default=None, help="square input side")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
     alloc = commands.add_parser("allocate", help="SynExp widths for a params and/or MACs budget")
@@ -45,32 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("--macs", type=float, help="MACs budget as a fraction of the dense model")
     alloc.add_argument("--params", type=float, help="parameter budget as a fraction of the dense model")
     alloc.add_argument("--variant", default="fit", help="channel mapping: fit (default), gp or internal")
-    alloc.add_argument("--divisor", type=_positive_int, default=8, help="widths are multiples of this")
-    alloc.add_argument("--min-width", type=_positive_int, default=8, help="no group narrower than this")
+    alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
+    alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")
     alloc.add_argument("--expand", type=float, default=1.0, help="PreConfig: groups may grow to U x base")
     alloc.add_argument("--scale", type=float, help="PreConfig: MACs budget = S x base (S may exceed 1)")
     alloc.add_argument("--solver", default="closed_form", help="density program: closed_form or cvxpy")
-    alloc.add_argument("--num-classes", type=_positive_int, default=None)
-    alloc.add_argument("--input-size", type=_positive_int, default=None)
+    alloc.add_argument("--num-classes", type=positive_int, default=None)
+    alloc.add_argument("--input-size", type=positive_int, default=None)
     alloc.add_argument("--json", action="store_true", help="print the plan JSON")
     alloc.add_argument("-o", "--output", help="write the plan JSON to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with the precrop package's commands only."""
+    parser, commands = new_parser()
+    add_precrop_commands(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `precrop` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "info":
-            return _run_info(args)
-        if args.command == "allocate":
-            from precrop.allocate_cli import run_allocate
+def run_precrop_command(args: argparse.Namespace) -> int:
+    """Run `info` or `allocate`."""
+    if args.command == "info":
+        return _run_info(args)
+    if args.command == "allocate":
+        from precrop.allocate_cli import run_allocate
 
-            return run_allocate(args)
+        return run_allocate(args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def run_reporting_user_errors(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call `handler`; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return handler(args)
     except UserError as exc:
         print(f"precrop: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m precrop.cli`: the info and allocate commands."""
+    return run_reporting_user_errors(run_precrop_command, build_parser().parse_args(argv))
 
 
 def _run_info(args: argparse.Namespace) -> int:

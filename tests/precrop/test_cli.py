@@ -19,7 +19,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_console_script_is_installed() -> None:
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("precrop") == "precrop.cli:main"
+    assert scripts.get("precrop") == "search.cli:main"
 
 
 def test_info_json_resnet50_is_exact_and_fast() -> None:

@@ -1,0 +1,31 @@
+"""Write files atomically: a temporary file beside the target, then a rename. Never a half-written file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from precrop.errors import UserError
+
+
+def write_atomically(path: str | Path, data: bytes | str) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, nothing between.
+
+    A missing directory or an OS error becomes a UserError naming the path.
+    """
+    target = Path(path)
+    if not target.parent.exists():
+        raise UserError(f"cannot write {target}: directory {target.parent} does not exist")
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {target}: {exc.strerror}") from exc

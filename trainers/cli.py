@@ -1,0 +1,184 @@
+"""`precrop train`: train one model (dense, or cropped from a plan) and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from precrop.allocate import dense_plan
+from precrop.build import build_from_plan, layer_table
+from precrop.cli import OneLineErrorParser, positive_int
+from precrop.errors import UserError
+from precrop.plan import WidthPlan
+from trainers.checkpoint import load_train_state, read_plan, save_metrics, save_model, save_train_state
+from trainers.datasets import DataError, DataRequest, DataSet, load_dataset
+from trainers.loop import Metrics, Trainer, TrainState, evaluate
+from trainers.recipe import SCHEDULES, TrainConfig
+
+
+def add_train_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """Register `train` and its options."""
+    train = commands.add_parser("train", help="train one model (dense or from a plan) on a data set")
+    model = train.add_mutually_exclusive_group(required=True)
+    model.add_argument("--arch", help="train the dense architecture")
+    model.add_argument("--plan", help="train the cropped model a plan JSON describes")
+    train.add_argument("--dataset", required=True, help="digits, cifar10, cifar100, imagefolder or synthetic")
+    train.add_argument("--data-dir", help="where the data set lives (cifar: the folder with the batches)")
+    train.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")
+    train.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation")
+    train.add_argument("--image-size", type=positive_int, help="imagefolder from files: crop side (default 224)")
+    train.add_argument("--resident", default="auto", choices=("auto", "yes", "no"), help="keep images in memory")
+    defaults = TrainConfig()
+    train.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    train.add_argument("--momentum", type=float, default=defaults.momentum)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="not on BN or biases")
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
+    train.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu, cuda[:N]")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model")
+    train.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    train.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader workers (file data)")
+    train.add_argument("--test", action="store_true", help="also evaluate the test split at the end")
+    train.add_argument("--no-measure", action="store_true", help="skip the latency measurement at the end")
+    train.add_argument("-o", "--output", help="run directory: plan.json, model.pt, metrics.json, train_state.pt")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/train_state.pt")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training recipe the flags describe (validated)."""
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, compile=args.compile,
+        amp=not args.no_amp, workers=args.workers,
+    )  # fmt: skip
+    config.validate()
+    return config
+
+
+def plan_for(args: argparse.Namespace, data: DataSet) -> WidthPlan:
+    """The plan file's plan, checked against the data; or the dense plan of --arch at the data's shape."""
+    if args.plan:
+        plan = read_plan(args.plan)
+        if plan.input_shape != data.image_shape or plan.num_classes != data.num_classes:
+            c, h, w = data.image_shape
+            raise DataError(
+                f"plan {args.plan} is for {'x'.join(map(str, plan.input_shape))} inputs and {plan.num_classes} "
+                f"classes, but {data.name} has {c}x{h}x{w} and {data.num_classes}; re-run `precrop allocate "
+                f"{plan.arch} --input-size {h} --num-classes {data.num_classes} ...`"
+            )
+        return plan
+    return dense_plan(layer_table(args.arch, data.num_classes, data.image_shape[1]))
+
+
+def format_progress(metrics: Metrics, epochs: int) -> str:
+    """One progress line per epoch."""
+    return (
+        f"epoch {int(metrics['epoch']):>3}/{epochs}  loss {metrics['train_loss']:.4f}  "
+        f"train {metrics['train_acc']:.2%}  val {metrics['val_acc']:.2%}  lr {metrics['lr']:.4g}  "
+        f"{metrics['epoch_seconds']:.1f} s  {metrics['images_per_s']:,.0f} img/s"
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The `precrop train` command."""
+    config = config_from_args(args)
+    out = _output_dir(args)
+    started = time.perf_counter()
+    data = load_dataset(
+        DataRequest(
+            args.dataset, data_dir=args.data_dir, download=args.download, val_fraction=args.val_fraction,
+            seed=args.seed, with_test=args.test, image_size=args.image_size, resident=args.resident,
+        )
+    )  # fmt: skip
+    print(data.summary(), flush=True)
+    plan = plan_for(args, data)
+    trainer = Trainer(build_from_plan(plan, seed=args.seed), data, config)
+    state = load_train_state(out) if (out is not None and args.resume) else None
+    if state is not None:
+        trainer.load_state(state)
+        print(f"resuming after epoch {trainer.epoch} from {out}", flush=True)
+    print(_describe(plan, trainer), flush=True)
+
+    def report(metrics: Metrics, train_state: TrainState) -> None:
+        print(format_progress(metrics, config.epochs), flush=True)
+        if out is not None:
+            save_train_state(out, train_state)
+
+    result = trainer.run(report)
+    summary: dict[str, Any] = {
+        "status": result.status, "reason": result.reason, "dataset": data.summary(),
+        "config": config.to_dict(), "history": result.history, "final": result.final,
+    }  # fmt: skip
+    if result.status == "completed":
+        summary.update(_finish(args, trainer, data, plan))
+    summary["wall_seconds"] = time.perf_counter() - started
+    if out is not None:
+        save_metrics(out, summary)
+    if result.status != "completed":
+        raise UserError(f"training stopped: {result.reason}")
+    if out is not None:
+        save_model(out, plan, trainer.model)
+        print(f"wrote {out / 'plan.json'}, {out / 'model.pt'} and {out / 'metrics.json'}")
+    return 0
+
+
+def _finish(args: argparse.Namespace, trainer: Trainer, data: DataSet, plan: WidthPlan) -> dict[str, Any]:
+    """Test accuracy (when asked) and the cost measurement, printed and returned for metrics.json."""
+    extra: dict[str, Any] = {}
+    if data.test is not None:
+        test = evaluate(trainer.model, trainer.batches(data.test, trainer.config.eval_batch_size), trainer.config.amp)
+        extra["test"] = test
+        print(f"test accuracy {test['accuracy']:.2%} on {len(data.test):,} images")
+    if not args.no_measure:
+        from trainers.measure import measure_model
+
+        extra["measurement"] = measure_model(trainer.model, plan.input_shape)
+        print(
+            "measured: "
+            + ", ".join(f"{k} {v:,.0f}" if k in ("params", "macs") else f"{k} {v:.2f}"
+                        for k, v in extra["measurement"].items())
+        )  # fmt: skip
+    return extra
+
+
+def _describe(plan: WidthPlan, trainer: Trainer) -> str:
+    cost = plan.counted
+    return (
+        f"model {plan.arch} ({plan.allocator}): {cost.params:,} params, {cost.macs:,} MACs "
+        f"({cost.macs / plan.base.macs:.3f} of dense); device {trainer.device}, "
+        f"{trainer.train_batches.steps_per_epoch()} steps/epoch"
+    )
+
+
+def _output_dir(args: argparse.Namespace) -> Path | None:
+    if args.output is None:
+        if args.resume:
+            raise UserError("--resume needs -o DIR (the run directory to continue)")
+        return None
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory {out}: {exc.strerror}") from exc
+    return out
+
+
+def main() -> int:
+    """`python -m trainers.cli`: just the train command."""
+    from precrop.cli import new_parser, run_reporting_user_errors
+
+    parser, commands = new_parser()
+    add_train_command(commands)
+    return run_reporting_user_errors(run_train, parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Honest cost numbers: counted params and MACs, and measured latency and training-step time.
+
+Timings are medians over repeats after warm-up runs, with CUDA synchronized around each repeat. CUDA
+timings use bf16 autocast and channels-last (how the loop runs); CPU timings use fp32 and the current
+torch thread count. Each measurement stops repeating after `max_seconds`, keeping at least 3 repeats.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from precrop.counting import count_cost
+from trainers.loop import autocast_context
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median wall time of one call, in milliseconds, and how many repeats it is the median of."""
+
+    median_ms: float
+    repeats: int
+
+
+def _time_calls(
+    fn: Callable[[], None], sync: Callable[[], None], warmup: int, repeats: int, max_seconds: float
+) -> Timing:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return Timing(statistics.median(times), len(times))
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return copy.deepcopy(model).to(device).to(memory_format=memory_format)
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeats: int = 20,
+    max_seconds: float = 5.0,
+) -> Timing:
+    """Median inference time of a batch (eval mode, no grad) on a copy of `model`."""
+    device = torch.device(device)
+    net = _prepare(model, device).eval()
+    x = torch.randn(batch_size, *input_shape, device=device)
+
+    @torch.no_grad()
+    def call() -> None:
+        with autocast_context(device, amp=True):
+            net(x)
+
+    return _time_calls(call, _sync_for(device), warmup, repeats, max_seconds)
+
+
+def measure_train_step(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 10.0,
+) -> Timing:
+    """Median time of forward + backward + SGD step on a copy of `model` (train mode)."""
+    device = torch.device(device)
+    net = _prepare(model, device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+
+    def step() -> None:
+        with autocast_context(device, amp=True):
+            loss = F.cross_entropy(net(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return _time_calls(step, _sync_for(device), warmup, repeats, max_seconds)
+
+
+def measure_model(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_sizes: tuple[int, ...] = (1, 64),
+    devices: tuple[str, ...] | None = None,
+    max_seconds: float = 5.0,
+) -> dict[str, float]:
+    """Counted params and MACs plus median latency per device and batch size (`latency_cpu_b1_ms`, ...).
+
+    `devices` defaults to the CPU, and CUDA too when present.
+    """
+    if devices is None:
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    cost = count_cost(copy.deepcopy(model).cpu(), input_shape)
+    result: dict[str, float] = {"params": float(cost.params), "macs": float(cost.macs)}
+    for device in devices:
+        for batch in batch_sizes:
+            timing = measure_latency(model, input_shape, batch, device, max_seconds=max_seconds)
+            result[f"latency_{torch.device(device).type}_b{batch}_ms"] = timing.median_ms
+    return result
