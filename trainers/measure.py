@@ -1,8 +1,8 @@
 """Honest cost numbers: counted params and MACs, and measured latency and training-step time.
 
 Timings are medians over repeats after warm-up runs, with CUDA synchronized around each repeat. CUDA
-timings use bf16 autocast and channels-last (how the loop runs); CPU timings use fp32 and the current
-torch thread count. Each measurement stops repeating after `max_seconds`, keeping at least 3 repeats.
+timings use bf16 autocast; CPU timings use fp32 and the current torch thread count; both use
+channels-last, as the loop does. Each measurement stops repeating after `max_seconds`, keeping at least 3 repeats.
 
 CPU timings first call `keep_freed_memory()`. Without it glibc hands activation buffers larger than its
 mmap threshold back to the OS after every call and page-faults them in again on the next one: we saw
@@ -70,8 +70,7 @@ def _time_calls(
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cpu":
         keep_freed_memory()
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return copy.deepcopy(model).to(device).to(memory_format=memory_format)
+    return copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
 
 
 def _sync_for(device: torch.device) -> Callable[[], None]:

@@ -35,7 +35,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     amp: bool = True
-    channels_last: bool | None = None
+    channels_last: bool = True
     eval_batch_size: int = 1024
     workers: int = 4
 

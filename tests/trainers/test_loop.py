@@ -120,32 +120,28 @@ def test_no_weight_decay_on_batchnorm_and_biases() -> None:
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_warmup_then_cosine_schedule_values() -> None:
-    model = torch.nn.Linear(2, 2)
-    config = TrainConfig(epochs=10, lr=0.4, warmup_epochs=1)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch=10)
+def lr_trace(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every step of a run with `config`."""
+    optimizer = make_optimizer(torch.nn.Linear(2, 2), config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     lrs = []
-    for _ in range(100):
+    for _ in range(config.epochs * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    assert optimizer.param_groups[0]["nesterov"] is True
+    return lrs
+
+
+def test_warmup_then_cosine_schedule_values() -> None:
+    lrs = lr_trace(TrainConfig(epochs=10, lr=0.4, warmup_epochs=1), steps_per_epoch=10)
     assert lrs[0] == pytest.approx(0.4 / 11)
     assert lrs[10] == pytest.approx(0.4)
     assert lrs[55] == pytest.approx(0.2)
     assert lrs[-1] < 0.001
-    assert optimizer.param_groups[0]["nesterov"] is True
 
 
 def test_onecycle_schedule_peaks_at_lr() -> None:
-    model = torch.nn.Linear(2, 2)
-    config = TrainConfig(epochs=4, lr=0.3, schedule="onecycle", warmup_epochs=1)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch=5)
-    lrs = []
-    for _ in range(20):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = lr_trace(TrainConfig(epochs=4, lr=0.3, schedule="onecycle", warmup_epochs=1), steps_per_epoch=5)
     assert max(lrs) == pytest.approx(0.3)
     assert lrs.index(max(lrs)) == 4
