@@ -105,6 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
     if state is not None:
         trainer.load_state(state)
         print(f"resuming after epoch {trainer.epoch} from {out}", flush=True)
+    elif args.resume:
+        print(f"nothing to resume in {out} (no train_state.pt): starting from epoch 1", flush=True)
     print(_describe(plan, trainer), flush=True)
 
     def report(metrics: Metrics, train_state: TrainState) -> None:
