@@ -25,7 +25,7 @@ from torch import nn
 from precrop.textui import format_table
 from precrop.zoo import REGISTRY
 from trainers.cifar import CIFAR_MEAN, CIFAR_STD
-from trainers.datasets import Augmentation, DataSet
+from trainers.datasets import Augmentation, DataSet, FileSplit
 from trainers.imagefolder import decode_all, list_samples
 from trainers.loop import Trainer
 from trainers.recipe import TrainConfig, resolve_device
@@ -55,9 +55,8 @@ def fresh_model(arch: str) -> nn.Module:
     return model
 
 
-def ours(root: Path, index: np.ndarray, args: argparse.Namespace) -> tuple[float, float, float]:
+def ours(files: FileSplit, index: np.ndarray, args: argparse.Namespace) -> tuple[float, float, float]:
     """(decode seconds, loader-only images/s, training images/s of the 2nd epoch) for our loop."""
-    _, files = list_samples(root / "train")
     start = time.perf_counter()
     split = decode_all(files.subset(index))
     decode_s = time.perf_counter() - start
@@ -130,11 +129,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     root = extracted_root(args.archive, args.data_dir)
-    total = len(list_samples(root / "train")[1])
+    _, files = list_samples(root / "train")
+    total = len(files)
     index = np.sort(np.random.default_rng(0).choice(total, size=min(args.images, total), replace=False))
     machine = f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"{machine}, device {args.device}, {args.arch}, {len(index)} images/epoch, batch {args.batch_size}")
-    decode_s, our_loader, our_train = ours(root, index, args)
+    decode_s, our_loader, our_train = ours(files, index, args)
     plain_loader_rate, plain_train = plain(root, index, args)
     rows = [
         ["ours (resident, on-device aug)", f"{our_loader:,.0f}", f"{our_train:,.0f}", f"{decode_s:.1f}"],

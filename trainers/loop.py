@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +155,7 @@ class Trainer:
         steps = self.train_batches.steps_per_epoch()
         self._synchronize()
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(self._batches(), start=1):
+        for step, (images, labels) in enumerate(self.train_batches.train_epoch(self.generator), start=1):
             lr = self.optimizer.param_groups[0]["lr"]
             with autocast_context(self.device, self.config.amp):
                 logits = self.forward(images)
@@ -178,9 +178,6 @@ class Trainer:
             "epoch_seconds": seconds,
             "images_per_s": seen / seconds,
         }
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.train_batches.train_epoch(self.generator)
 
     def _divergence_reason(self, step: int, lr: float) -> str:
         lr_text = "nan" if math.isnan(lr) else f"{lr:.4g}"
