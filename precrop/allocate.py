@@ -175,7 +175,69 @@ class SynExpAllocator:
         return np.log(d)
 
 
-ALLOCATORS: dict[str, type[SynExpAllocator]] = {SynExpAllocator.name: SynExpAllocator}
+class UniformAllocator:
+    """Uniform width scaling: one multiplier m for every group, the largest whose rounded widths fit.
+
+    The baseline every structured-pruning method is compared with. Widths are m x base rounded to the
+    nearest allowed width (so cost is monotone in m), and m is found by bisection on the exact cost.
+    """
+
+    name = "uniform"
+    steps = 50
+
+    def allocate(self, table: LayerTable, request: AllocationRequest) -> WidthPlan:
+        """Bisect the multiplier in [0, expand] against the counted cost; return the plan."""
+        request.validate()
+        start = time.perf_counter()
+        base = table.cost()
+        budgets = {m: getattr(request, m) * getattr(base, m) for m in request.metrics}
+        bounds = {
+            g.name: width_bounds(g.width, request.divisor, request.min_width, request.expand)
+            for g in table.prunable_groups
+        }
+
+        def widths_at(multiplier: float) -> dict[str, int]:
+            targets = {g.name: g.width * multiplier for g in table.prunable_groups}
+            return round_widths(targets, bounds)
+
+        def fits(widths: dict[str, int]) -> bool:
+            cost = table.cost(widths)
+            return all(getattr(cost, m) <= b for m, b in budgets.items())
+
+        low, high = 0.0, request.expand
+        if not fits(widths_at(low)):
+            raise BudgetError(
+                f"budget is below what the minimum widths allow (min width {request.min_width}, "
+                f"divisor {request.divisor})"
+            )
+        if fits(widths_at(high)):
+            low = high
+        for _ in range(self.steps):
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(widths_at(middle)) else (low, middle)
+        widths = widths_at(low)
+        counted = table.cost(widths)
+        return WidthPlan(
+            arch=table.arch,
+            input_shape=table.input_shape,
+            num_classes=table.num_classes,
+            widths={**table.base_widths, **widths},
+            budget={"params": request.params, "macs": request.macs},
+            base=base,
+            predicted=counted,
+            counted=counted,
+            allocator=self.name,
+            options={**{k: v for k, v in asdict(request).items() if k not in ("params", "macs")},
+                     "multiplier": round(low, 6)},
+            solver_status="bisection",
+            solve_ms=round((time.perf_counter() - start) * 1000, 3),
+        )  # fmt: skip
+
+
+ALLOCATORS: dict[str, type[SynExpAllocator] | type[UniformAllocator]] = {
+    SynExpAllocator.name: SynExpAllocator,
+    UniformAllocator.name: UniformAllocator,
+}
 
 
 def dense_plan(table: LayerTable) -> WidthPlan:

@@ -1,6 +1,6 @@
 """The `precrop` console script: every command of every layer, assembled at the top layer.
 
-Commands are imported lazily by handler so `precrop info` never pays for the training stack.
+Commands are imported lazily by handler so `precrop info` never pays for the training or search stack.
 """
 
 from __future__ import annotations
@@ -9,8 +9,41 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from precrop.cli import add_precrop_commands, new_parser, run_precrop_command, run_reporting_user_errors
+from precrop.cli import (
+    OneLineErrorParser,
+    add_precrop_commands,
+    new_parser,
+    run_precrop_command,
+    run_reporting_user_errors,
+)
 from trainers.cli import add_train_command
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """Register `search`, `pareto` and `export`."""
+    search = commands.add_parser("search", help="run a Ray Tune + Optuna search described by a YAML config")
+    search.add_argument("config", help="experiment config (YAML), e.g. configs/quickstart.yaml")
+    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config value, e.g. --set search.trials=16 (repeatable)")  # fmt: skip
+    search.add_argument("--resume", action="store_true", help="continue the latest search of this config")
+    search.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: an embedded local cluster)")
+
+    pareto = commands.add_parser("pareto", help="recompute a search's Pareto front from MLflow")
+    pareto.add_argument("--experiment", required=True, help="MLflow experiment name")
+    pareto.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    pareto.add_argument("--cost", default="macs", choices=("macs", "params", "latency_ms"))
+    pareto.add_argument("--search", help="only this search (its name, e.g. quickstart-20261121-101500)")
+    pareto.add_argument("--json", action="store_true", help="print the front as JSON")
+
+    export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript")
+    export.add_argument("run_id", help="MLflow run id of a trial that trained to the end")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    export.add_argument("-o", "--output", help="file to write (default: RUNID-ARCH.onnx|.pt)")
+    export.add_argument("--register", metavar="NAME", help="also register it in the MLflow Model Registry")
+    export.add_argument("--alias", default="candidate", help="alias for the registered version")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser, commands = new_parser()
     add_precrop_commands(commands)
     add_train_command(commands)
+    add_search_commands(commands)
     return parser
 
 
@@ -26,6 +60,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from trainers.cli import run_train
 
         return run_train(args)
+    if args.command == "search":
+        from search.config import load_config
+        from search.driver import run_search
+
+        overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+        return run_search(load_config(args.config, overrides), resume=args.resume)
+    if args.command == "pareto":
+        from search.summary import run_pareto
+
+        return run_pareto(args)
+    if args.command == "export":
+        from search.export import run_export
+
+        return run_export(args)
     return run_precrop_command(args)
 
 

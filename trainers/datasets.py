@@ -179,6 +179,12 @@ def load_dataset(request: DataRequest) -> DataSet:
     return LOADERS[request.name](request)
 
 
+def dataset_names() -> list[str]:
+    """Every registered data set name, sorted."""
+    _import_builtin_loaders()
+    return sorted(LOADERS)
+
+
 def require_dir(path: str | None, what: str) -> Path:
     """`path` as an existing directory, or a DataError saying what was expected there."""
     if path is None:

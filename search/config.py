@@ -1,0 +1,355 @@
+"""Experiment config: YAML -> frozen dataclasses, with `--set key.path=value` overrides.
+
+Every section is a frozen dataclass whose fields are the only keys allowed; `parse_config` walks the
+YAML mapping against the field types, so an unknown key or a value of the wrong type is an error naming
+its dotted path. `validate()` then checks ranges (also naming the key). Ranges are written `[low, high]`;
+`[v, v]` (or a bare number) fixes a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from precrop.errors import UserError
+
+COST_OBJECTIVES = ("macs", "params", "latency_ms")
+SAMPLERS = ("tpe", "nsga2")
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The dense architecture whose widths are searched."""
+
+    arch: str = "cifar_resnet20"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set every trial trains on (see `precrop train --help` for the names)."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    resident: str = "auto"
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """What each trial samples: the allocator and its budget, and the training hyperparameters.
+
+    `budget` is a fraction of the dense model's `budget_metric` (PreCrop, in (0, 1]); with `expand` > 1
+    it is PreConfig's scale and may exceed 1 (groups may grow up to `expand` x their base width).
+    """
+
+    allocators: tuple[str, ...] = ("synexp", "uniform")
+    budget_metric: str = "macs"
+    budget: tuple[float, float] = (0.2, 1.0)
+    expand: float = 1.0
+    variant: str = "fit"
+    divisor: int = 8
+    min_width: int = 8
+    lr: tuple[float, float] = (0.02, 0.2)
+    weight_decay: tuple[float, float] = (1e-4, 1e-3)
+    label_smoothing: tuple[float, float] = (0.0, 0.1)
+    batch_size: tuple[int, ...] = (128,)
+    epochs: int = 10
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+
+
+@dataclass(frozen=True)
+class ObjectivesConfig:
+    """Maximize validation accuracy; minimize `cost` (macs, params, or measured CPU latency_ms)."""
+
+    cost: str = "macs"
+    latency_batch: int = 1
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How many trials, how many at once, and which Optuna sampler proposes them."""
+
+    trials: int = 8
+    concurrency: int = 2
+    sampler: str = "tpe"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per trial: CPUs, and a GPU fraction used only when the cluster has GPUs."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class AshaConfig:
+    """Asynchronous successive halving on validation accuracy (epochs are its time unit)."""
+
+    enabled: bool = True
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Where runs go. A relative sqlite path is relative to the directory the search starts in."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray: embedded local cluster when `address` is null; `auto` or HOST:PORT joins a cluster."""
+
+    address: str | None = None
+    storage_path: str = "ray_results"
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One search: the whole YAML file."""
+
+    name: str = "search"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment: `mlflow.experiment`, or the config's name."""
+        return self.mlflow.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-ready dictionary (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+# ----- loading ------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply `key.path=value` overrides, and validate it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    config = parse_config(raw)
+    validate(config)
+    return config
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one `a.b.c=value` (value parsed as YAML) in the raw mapping, creating sections as needed."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, got {override!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Typed config from a raw mapping; ConfigError names the first unknown key or bad value."""
+    return typing.cast(ExperimentConfig, _parse_dataclass(ExperimentConfig, raw, ""))
+
+
+def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key {where!r} (allowed here: {', '.join(names)})")
+    values = {k: _parse_value(hints[k], v, f"{path}.{k}" if path else k) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _parse_value(kind: Any, value: Any, path: str) -> Any:
+    """Coerce one YAML value to the field type `kind`, or raise ConfigError naming `path`."""
+    if dataclasses.is_dataclass(kind):
+        return _parse_dataclass(typing.cast(type, kind), value, path)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse_value(inner, value, path)
+    if origin is tuple:
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        if args[-1] is Ellipsis:
+            if not items:
+                raise ConfigError(f"{path} must list at least one value")
+            return tuple(_parse_value(args[0], v, f"{path}[{i}]") for i, v in enumerate(items))
+        if len(items) == 1:
+            items = items * len(args)
+        if len(items) != len(args):
+            raise ConfigError(f"{path} must be [low, high] or one number, got {value!r}")
+        return tuple(_parse_value(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, items, strict=True)))
+    return _parse_scalar(kind, value, path)
+
+
+def _parse_scalar(kind: type, value: Any, path: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path} must be a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path} must be a string, got {value!r}")
+    raise AssertionError(f"unsupported config type {kind} at {path}")
+
+
+# ----- validation ---------------------------------------------------------------------------------
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Range checks that parsing cannot do; ConfigError names the key."""
+    from precrop.allocate import ALLOCATORS
+    from precrop.mapping import VARIANTS
+    from precrop.zoo import REGISTRY
+    from trainers.datasets import dataset_names
+    from trainers.recipe import SCHEDULES
+
+    _require(bool(config.name.strip()) and "/" not in config.name, "name", "must be a non-empty name without '/'")
+    _choice("model.arch", config.model.arch, REGISTRY.names())
+    _choice("data.name", config.data.name, dataset_names())
+    _require(0 < config.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+    _choice("data.resident", config.data.resident, ("auto", "yes", "no"))
+    _validate_space(config.space, sorted(ALLOCATORS), VARIANTS, SCHEDULES)
+    _choice("objectives.cost", config.objectives.cost, COST_OBJECTIVES)
+    _require(config.objectives.latency_batch >= 1, "objectives.latency_batch", "must be at least 1")
+    search = config.search
+    _require(search.trials >= 1, "search.trials", "must be at least 1")
+    _require(search.concurrency >= 1, "search.concurrency", "must be at least 1")
+    _choice("search.sampler", search.sampler, SAMPLERS)
+    _require(_finite(config.resources.cpu) and config.resources.cpu > 0, "resources.cpu", "must be positive")
+    _require(0 <= config.resources.gpu <= 1, "resources.gpu", "must be a GPU fraction in [0, 1]")
+    _require(config.asha.grace_period >= 1, "asha.grace_period", "must be at least 1 epoch")
+    _require(config.asha.reduction_factor > 1, "asha.reduction_factor", "must be greater than 1")
+    _require(
+        config.mlflow.tracking_uri.startswith(("sqlite:", "http://", "https://", "file:", "postgresql", "mysql")),
+        "mlflow.tracking_uri",
+        "must be sqlite:///FILE, http(s)://HOST:PORT or a database URI",
+    )
+    _require(config.ray.max_failures >= 0, "ray.max_failures", "must be 0 or more")
+    _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
+
+
+def _validate_space(
+    space: SpaceConfig, allocators: Sequence[str], variants: Sequence[str], schedules: Sequence[str]
+) -> None:
+    for i, name in enumerate(space.allocators):
+        _choice(f"space.allocators[{i}]", name, allocators)
+    _choice("space.budget_metric", space.budget_metric, ("macs", "params"))
+    _require(_finite(space.expand) and space.expand >= 1, "space.expand", "must be >= 1 (1 = PreCrop)")
+    low, high = space.budget
+    if space.expand == 1:
+        ok = 0 < low <= high <= 1
+        _require(
+            ok, "space.budget", f"must be [low, high] with 0 < low <= high <= 1 for PreCrop, got {list(space.budget)}"
+        )
+    else:
+        ok = 0 < low <= high <= space.expand
+        _require(ok, "space.budget", f"must lie in (0, expand={space.expand}] for PreConfig, got {list(space.budget)}")
+    _choice("space.variant", space.variant, variants)
+    _require(space.divisor >= 1 and space.min_width >= 1, "space.divisor", "divisor and min_width must be >= 1")
+    _range("space.lr", space.lr, positive=True)
+    _range("space.weight_decay", space.weight_decay, positive=False)
+    _range("space.label_smoothing", space.label_smoothing, positive=False, upper=1.0)
+    for i, size in enumerate(space.batch_size):
+        _require(size >= 1, f"space.batch_size[{i}]", "must be at least 1")
+    _require(space.epochs >= 1, "space.epochs", "must be at least 1")
+    _choice("space.schedule", space.schedule, schedules)
+    _require(0 <= space.warmup_epochs <= space.epochs, "space.warmup_epochs", "must be in [0, epochs]")
+
+
+def _range(key: str, bounds: tuple[float, float], positive: bool, upper: float = math.inf) -> None:
+    low, high = bounds
+    lowest_ok = low > 0 if positive else low >= 0
+    what = "positive" if positive else "non-negative"
+    _require(
+        _finite(low) and _finite(high) and lowest_ok and low <= high <= upper,
+        key,
+        f"must be [low, high] of {what} numbers with low <= high{f' <= {upper:g}' if upper < math.inf else ''}, "
+        f"got {list(bounds)}",
+    )
+
+
+def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    _require(value in allowed, key, f"unknown value {value!r} (choose from {', '.join(allowed)})")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj

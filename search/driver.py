@@ -1,0 +1,250 @@
+"""The search driver: check the config, start (or join) Ray, run the Tuner, then summarize the front.
+
+A search is named `<config name>-<UTC time>`; Tune keeps its state under `ray.storage_path/<search>`
+and MLflow holds one parent run tagged with the same name. `--resume` finds the latest search of the
+config in MLflow, restores the Tuner from its directory (searcher state included) and reopens the
+parent run, so finished trials are not run again and interrupted ones continue their own child runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.config import ConfigError, ExperimentConfig
+
+SEARCH_TAG = "precrop.search"
+CONFIG_TAG = "precrop.config"
+CONFIG_NAME_TAG = "precrop.config_name"
+# keys that may differ between the original run and a resume
+RESUME_MAY_DIFFER = ("ray.address",)
+
+
+@dataclass(frozen=True)
+class SearchHandle:
+    """Where a search lives: its name, Tune directory and MLflow parent run."""
+
+    name: str
+    path: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+
+
+def run_search(config: ExperimentConfig, resume: bool = False) -> int:
+    """Run (or resume) the search `config` describes; print the front; return the exit code."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # one checkpoint per epoch of short trials is expected here, not a misconfiguration to warn about
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from search import tracking
+
+    started = time.perf_counter()
+    preflight(config)
+    uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
+    client = tracking.client_for(uri)
+    experiment = tracking.experiment_id(client, config.experiment_name)
+    handle = _resume_handle(client, config, experiment, uri) if resume else _new_handle(client, config, experiment, uri)
+    print(f"search {handle.name}: {config.search.trials} trials of {config.model.arch} on {config.data.name}; "
+          f"MLflow experiment {config.experiment_name!r} (parent run {handle.parent_run_id})", flush=True)  # fmt: skip
+    status = "FAILED"
+    try:
+        _run_tuner(config, handle, resume)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: resume with --resume", file=sys.stderr)
+        raise
+    finally:
+        _close_leftover_runs(client, handle, status)
+        if status != "FINISHED":
+            client.set_terminated(handle.parent_run_id, status=status)
+    from search.summary import summarize
+
+    summarize(client, config, handle)
+    client.set_terminated(handle.parent_run_id, status="FINISHED")
+    print(f"search took {time.perf_counter() - started:.0f} s")
+    print_ui_hint(handle)
+    return 0
+
+
+def preflight(config: ExperimentConfig) -> None:
+    """Fail fast, before Ray starts: the data must load and every allocator must meet the budget range."""
+    from precrop.allocate import ALLOCATORS
+    from precrop.build import layer_table
+    from search.space import TrialPoint
+    from trainers.datasets import DataRequest, load_dataset
+
+    data = config.data
+    resident = "no" if data.name == "imagefolder" else "auto"  # only the shape and classes are needed here
+    request = DataRequest(data.name, data.data_dir, val_fraction=data.val_fraction, image_size=data.image_size,
+                          resident=resident)  # fmt: skip
+    loaded = load_dataset(request)
+    table = layer_table(config.model.arch, loaded.num_classes, loaded.image_shape[1])
+    space = config.space
+    for allocator in space.allocators:
+        for budget in space.budget:
+            point = TrialPoint(allocator, budget, space.lr[0], space.weight_decay[0], space.label_smoothing[0], 1)
+            try:
+                ALLOCATORS[allocator]().allocate(table, point.allocation_request(space))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"space.budget: {allocator} cannot allocate at {budget}: {exc}") from exc
+
+
+def _new_handle(client: Any, config: ExperimentConfig, experiment: str, uri: str) -> SearchHandle:
+    from search import tracking
+
+    name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    path = _storage_root(config) + "/" + name
+    params = {**tracking.flatten(config.to_dict()), "search_dir": path}
+    parent = tracking.start_parent_run(client, experiment, name, params)
+    tags = {SEARCH_TAG: name, CONFIG_NAME_TAG: config.name, CONFIG_TAG: json.dumps(config.to_dict()),
+            "precrop.search_dir": path}  # fmt: skip
+    tracking.set_tags(client, parent, tags)
+    return SearchHandle(name, path, experiment, parent, uri)
+
+
+def _resume_handle(client: Any, config: ExperimentConfig, experiment: str, uri: str) -> SearchHandle:
+    from search import tracking
+
+    runs = client.search_runs(
+        [experiment], f"tags.`{CONFIG_NAME_TAG}` = '{config.name}'", order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )  # fmt: skip
+    if not runs:
+        raise ConfigError(f"nothing to resume: no search of config {config.name!r} in {uri}")
+    parent = runs[0]
+    saved = json.loads(parent.data.tags[CONFIG_TAG])
+    mine = config.to_dict()
+    changed = [k for k, v in tracking.flatten(mine).items()
+               if k not in RESUME_MAY_DIFFER and tracking.flatten(saved).get(k) != v]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"cannot resume {parent.data.tags[SEARCH_TAG]}: the config changed ({', '.join(changed[:5])})"
+        )
+    path = parent.data.tags["precrop.search_dir"]
+    from ray.tune import Tuner
+
+    if not Tuner.can_restore(path):
+        raise ConfigError(f"cannot resume {parent.data.tags[SEARCH_TAG]}: no Tune state in {path}")
+    tracking.reopen_run(client, parent.info.run_id)
+    print(f"resuming search {parent.data.tags[SEARCH_TAG]} from {path}", flush=True)
+    return SearchHandle(parent.data.tags[SEARCH_TAG], path, experiment, parent.info.run_id, uri)
+
+
+def _storage_root(config: ExperimentConfig) -> str:
+    root = config.ray.storage_path
+    if "://" in root:
+        return root.rstrip("/")
+    return str(Path(root).expanduser().resolve())
+
+
+def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool) -> None:
+    import ray
+    from ray import tune
+
+    from search.progress import ProgressAndRunCloser
+    from search.searcher import ParetoOptunaSearch, make_sampler, objectives
+    from search.space import param_space
+    from search.trial import TrialSetup, run_trial
+
+    _init_ray(config)
+    try:
+        resources = _trial_resources(config)
+        setup = TrialSetup(config, handle.tracking_uri, handle.experiment_id, handle.parent_run_id, resources["cpu"])
+        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+        progress = ProgressAndRunCloser(handle.tracking_uri, handle.experiment_id, handle.parent_run_id,
+                                        config.search.trials, config.objectives.cost)  # fmt: skip
+        if resume:
+            # the run config, callbacks included, comes back from the Tuner's own saved state
+            tuner = tune.Tuner.restore(handle.path, trainable=trainable, resume_errored=True)
+        else:
+            metrics, modes = objectives(config)
+            searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config))
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(config.space),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=_scheduler(config), num_samples=config.search.trials,
+                    max_concurrent_trials=config.search.concurrency,
+                ),
+                run_config=tune.RunConfig(
+                    name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=[progress],
+                    failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )  # fmt: skip
+        tuner.fit()
+    finally:
+        ray.shutdown()
+
+
+def _init_ray(config: ExperimentConfig) -> None:
+    import logging
+
+    import ray
+
+    address = config.ray.address
+    try:
+        if address is None:
+            # trials print nothing useful; their errors reach the driver through Tune
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"ray.address {address!r}: cannot connect ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _trial_resources(config: ExperimentConfig) -> dict[str, float]:
+    """CPU and GPU per trial; an embedded local cluster without GPUs drops the GPU request (with a note)."""
+    import ray
+
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    if resources["gpu"] > 0 and config.ray.address is None and not ray.cluster_resources().get("GPU"):
+        print("note: this machine has no GPU; trials run on CPU", flush=True)
+        resources["gpu"] = 0.0
+    available = ray.cluster_resources().get("CPU", 0)
+    if config.ray.address is None and resources["cpu"] > available:
+        raise ConfigError(f"resources.cpu: each trial asks for {resources['cpu']} CPUs, this machine has {available}")
+    return resources
+
+
+def _scheduler(config: ExperimentConfig) -> Any:
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    if not config.asha.enabled:
+        return FIFOScheduler()
+    return AsyncHyperBandScheduler(
+        time_attr="training_iteration", metric="val_acc", mode="max", max_t=config.space.epochs,
+        grace_period=min(config.asha.grace_period, config.space.epochs),
+        reduction_factor=config.asha.reduction_factor,
+    )  # fmt: skip
+
+
+def _close_leftover_runs(client: Any, handle: SearchHandle, status: str) -> None:
+    """No child run stays RUNNING once the driver stops: interrupted ones are KILLED (resume reopens them)."""
+    from search import tracking
+
+    for run in tracking.trial_runs(client, handle.experiment_id, handle.parent_run_id):
+        if run.info.status in tracking.ACTIVE:
+            outcome = "interrupted" if status != "FINISHED" else "failed"
+            tracking.end_run(client, run.info.run_id, "KILLED", outcome, f"search ended ({status}) with the trial open")
+
+
+def print_ui_hint(handle: SearchHandle) -> None:
+    """How to look at the search in the MLflow UI."""
+    uri = handle.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+        print(f"MLflow UI: {base}/#/experiments/{handle.experiment_id}/runs/{handle.parent_run_id}")
+        return
+    print(f"open the MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"  then browse http://127.0.0.1:5000/#/experiments/{handle.experiment_id}/runs/{handle.parent_run_id}")

@@ -1,0 +1,162 @@
+"""MLflow: the parent run of a search, one child run per trial, and making sure every run ends.
+
+Everything goes through `MlflowClient` with explicit run ids rather than mlflow's fluent "active run":
+trials run in Ray worker threads, where a process-global active run (and the MLFLOW_EXPERIMENT_ID that
+`mlflow.set_experiment` exports) would leak between trials.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from precrop.errors import UserError
+
+TRIAL_TAG = "precrop.trial_id"
+OUTCOME_TAG = "precrop.outcome"  # completed | stopped | diverged | failed
+ROLE_TAG = "precrop.role"  # search | trial
+PARETO_TAG = "pareto"
+PARENT_TAG = "mlflow.parentRunId"
+ACTIVE = ("RUNNING", "SCHEDULED")
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class TrackingError(UserError):
+    """The tracking server or database cannot be used."""
+
+
+def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
+    """Make a relative sqlite path absolute (trials run in other working directories)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = (base or Path.cwd()) / uri[len(prefix) :]
+        return prefix + str(path.resolve())
+    return uri
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client for `uri` that has answered one request (else TrackingError naming the URI)."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # connection refused, bad database URI, ...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"cannot reach MLflow tracking at {uri}: {first_line[:200]}") from exc
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
+    """The id of experiment `name`, created when missing (if `create`)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+        return str(experiment.experiment_id)
+    if not create:
+        raise TrackingError(f"no MLflow experiment named {name!r}")
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:  # created concurrently
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def start_parent_run(client: MlflowClient, experiment: str, name: str, params: Mapping[str, Any]) -> str:
+    """Create the search's parent run and log the flattened config as its params."""
+    run = client.create_run(experiment, run_name=name, tags={ROLE_TAG: "search"})
+    log_params(client, run.info.run_id, params)
+    return str(run.info.run_id)
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """Mark a run RUNNING again (a resumed search or a retried trial continues its own run)."""
+    client.update_run(run_id, status="RUNNING")
+
+
+def find_trial_run(client: MlflowClient, experiment: str, parent_id: str, trial_id: str) -> str | None:
+    """The child run a trial created earlier (before a crash), if any."""
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    return str(runs[0].info.run_id) if runs else None
+
+
+def create_trial_run(client: MlflowClient, experiment: str, parent_id: str, trial_id: str, name: str) -> str:
+    """A new child run of `parent_id` for `trial_id`."""
+    tags = {PARENT_TAG: parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+    return str(client.create_run(experiment, run_name=name, tags=tags).info.run_id)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log a (possibly nested) mapping as dotted params, 100 per request."""
+    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(flat), 100):
+        client.log_batch(run_id, params=flat[i : i + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log numeric metrics at `step` in one request."""
+    timestamp = _now_ms()
+    batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items() if isinstance(v, int | float)]
+    client.log_batch(run_id, metrics=batch)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags in one request."""
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, outcome: str | None = None, reason: str = "") -> None:
+    """End a run (FINISHED, FAILED or KILLED), recording the outcome tag and reason first."""
+    tags = {}
+    if outcome is not None:
+        tags[OUTCOME_TAG] = outcome
+    if reason:
+        tags["precrop.reason"] = reason[:5000]
+    if tags:
+        set_tags(client, run_id, tags)
+    client.set_terminated(run_id, status=status)
+
+
+def trial_runs(client: MlflowClient, experiment: str, parent_id: str | None = None) -> list[Any]:
+    """Every trial child run of the experiment (of one search when `parent_id` is given)."""
+    filters = [f"tags.`{ROLE_TAG}` = 'trial'"]
+    if parent_id is not None:
+        filters.append(f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment], " and ".join(filters), max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -1,0 +1,201 @@
+"""One Ray Tune trial: allocate widths, build the cropped model, train it, log it to its MLflow child run.
+
+Reports go through `ray.tune.report` once per epoch, each with a checkpoint (the loop's resume state and
+the trial's MLflow run id) and every objective, so the searcher and ASHA always see complete results.
+A retried or resumed trial finds its run id in the checkpoint (or, if it died before the first one, by
+its trial-id tag) and continues that run instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow import MlflowClient
+from ray import tune
+
+from precrop.allocate import ALLOCATORS
+from precrop.allocate_cli import render_plan
+from precrop.build import build_from_plan, layer_table
+from precrop.costmodel import LayerTable
+from precrop.plan import WidthPlan
+from search import tracking
+from search.config import ExperimentConfig
+from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY
+from search.space import TrialPoint
+from trainers.checkpoint import load_train_state, save_model, save_train_state
+from trainers.datasets import DataRequest, DataSet, load_dataset
+from trainers.loop import Metrics, Trainer, TrainState
+from trainers.measure import measure_latency
+
+META_FILE = "trial.json"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs besides its sampled point (passed with `tune.with_parameters`)."""
+
+    config: ExperimentConfig
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    cpus: float
+
+
+@dataclass
+class Resume:
+    """What a checkpoint of this trial holds."""
+
+    state: TrainState
+    run_id: str
+    latency_ms: float
+
+
+def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
+    """The Tune function trainable."""
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    context = tune.get_context()
+    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+    resume = _read_checkpoint(tune.get_checkpoint())
+    client = MlflowClient(tracking_uri=setup.tracking_uri)
+    run_id = resume.run_id if resume else None
+    run_id = run_id or tracking.find_trial_run(client, setup.experiment_id, setup.parent_run_id, trial_id)
+    if run_id is None:
+        run_id = tracking.create_trial_run(client, setup.experiment_id, setup.parent_run_id, trial_id, trial_name)
+        fresh = True
+    else:
+        tracking.reopen_run(client, run_id)
+        fresh = False
+    trial = _Trial(setup, TrialPoint.from_config(sampled), client, run_id)
+    try:
+        trial.run(resume, fresh)
+    except SystemExit:  # Tune stops a trial (ASHA) by raising SystemExit inside tune.report
+        if not trial.ended:
+            tracking.end_run(client, run_id, "KILLED", "stopped", "stopped early by ASHA")
+        raise
+    except BaseException as exc:
+        if not trial.ended:
+            tracking.end_run(client, run_id, "FAILED", "failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+class _Trial:
+    """The steps of one trial, sharing its run id, data and plan."""
+
+    def __init__(self, setup: TrialSetup, point: TrialPoint, client: MlflowClient, run_id: str) -> None:
+        self.setup = setup
+        self.config: ExperimentConfig = setup.config
+        self.point = point
+        self.client = client
+        self.run_id = run_id
+        self.ended = False
+
+    def run(self, resume: Resume | None, fresh: bool) -> None:
+        data = self._load_data()
+        table, plan = self._allocate(data)
+        model = build_from_plan(plan, seed=self.config.search.seed)
+        latency = resume.latency_ms if resume else self._latency(model, plan)
+        costs = {"macs": float(plan.counted.macs), "params": float(plan.counted.params), "latency_ms": latency}
+        if fresh:
+            self._log_setup(plan, render_plan(plan, table), costs)
+        workers = max(0, int(self.setup.cpus) - 1)
+        trainer = Trainer(model, data, self.point.train_config(self.config.space, self.config.search.seed, workers))
+        if resume is not None:
+            trainer.load_state(resume.state)
+        epochs = trainer.config.epochs
+
+        def report(metrics: Metrics, state: TrainState) -> None:
+            tracking.log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
+            last = int(metrics["epoch"]) == epochs
+            if last:
+                self._finish(plan, trainer, metrics)
+            result = {**metrics, ACCURACY: metrics["val_acc"], **costs, COMPLETE_KEY: int(last)}
+            self._report(result, state, latency)
+
+        outcome = trainer.run(report)
+        if outcome.status == "diverged":
+            tracking.end_run(self.client, self.run_id, "FAILED", "diverged", outcome.reason)
+            self.ended = True
+            final = outcome.final
+            tune.report({**final, ACCURACY: final.get("val_acc", 0.0), **costs, COMPLETE_KEY: 0, DIVERGED_KEY: 1})
+        elif not self.ended:  # resumed after the last epoch's checkpoint: nothing left to train
+            self._finish(plan, trainer, trainer.history[-1])
+            self._report({**trainer.history[-1], ACCURACY: trainer.history[-1]["val_acc"], **costs,
+                          COMPLETE_KEY: 1}, trainer.state(), latency)  # fmt: skip
+
+    def _load_data(self) -> DataSet:
+        data = self.config.data
+        request = DataRequest(
+            data.name, data_dir=data.data_dir, val_fraction=data.val_fraction, seed=self.config.search.seed,
+            image_size=data.image_size, resident=data.resident,
+        )  # fmt: skip
+        return load_dataset(request)
+
+    def _allocate(self, data: DataSet) -> tuple[LayerTable, WidthPlan]:
+        table = layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
+        allocator = ALLOCATORS[self.point.allocator]()
+        return table, allocator.allocate(table, self.point.allocation_request(self.config.space))
+
+    def _latency(self, model: torch.nn.Module, plan: WidthPlan) -> float:
+        """Median CPU latency (ms) at the configured batch size; the weights do not matter for it."""
+        batch = self.config.objectives.latency_batch
+        return measure_latency(model, plan.input_shape, batch, "cpu", max_seconds=2.0).median_ms
+
+    def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
+        """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""
+        space = self.config.space
+        recipe = self.point.train_config(space, self.config.search.seed, 0).to_dict()
+        params = {
+            "arch": self.config.model.arch, "dataset": self.config.data.name, "allocator": self.point.allocator,
+            "budget": self.point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
+            "variant": space.variant, "divisor": space.divisor, "min_width": space.min_width,
+            "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
+        }  # fmt: skip
+        tracking.log_params(self.client, self.run_id, params)
+        base = plan.base
+        fractions = {
+            "macs_fraction": plan.counted.macs / base.macs,
+            "params_fraction": plan.counted.params / base.params,
+        }
+        tracking.log_metrics(self.client, self.run_id, {**costs, **fractions}, step=0)
+        tracking.set_tags(self.client, self.run_id, {"precrop.allocator": self.point.allocator})
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "plan.json").write_text(plan.to_json(indent=2) + "\n")
+            (folder / "widths.txt").write_text(widths_table + "\n")
+            self.client.log_artifacts(self.run_id, tmp, artifact_path="plan")
+
+    def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
+        """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(Path(tmp), plan, trainer.model)
+            self.client.log_artifacts(self.run_id, tmp, artifact_path="model")
+        tracking.log_metrics(self.client, self.run_id, {"final_val_acc": last["val_acc"]}, step=int(last["epoch"]))
+        tracking.end_run(self.client, self.run_id, "FINISHED", "completed")
+        self.ended = True
+
+    def _report(self, result: dict[str, Any], state: TrainState, latency: float) -> None:
+        """tune.report with a checkpoint holding the loop state and this trial's run id."""
+        folder = Path(tempfile.mkdtemp(prefix="precrop-ckpt-"))
+        try:
+            save_train_state(folder, state)
+            (folder / META_FILE).write_text(json.dumps({"run_id": self.run_id, "latency_ms": latency}))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        state = load_train_state(Path(folder))
+        meta = json.loads((Path(folder) / META_FILE).read_text())
+    if state is None:
+        return None
+    return Resume(state=state, run_id=str(meta["run_id"]), latency_ms=float(meta["latency_ms"]))
