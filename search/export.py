@@ -109,14 +109,14 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({len(blob) / 1e6:.2f} MB); max |export - pytorch| = {check.max_abs_diff:.2e} "
           f"on random batches of {', '.join(map(str, check.batch_sizes))}")  # fmt: skip
     if args.register:
-        version = register(client, args.run_id, output, args.register, args.alias)
+        version = register(client, args.run_id, output, args.format, args.register, args.alias)
         print(f"registered {args.register} version {version} (alias @{args.alias}) in {uri}")
     return 0
 
 
-def register(client: Any, run_id: str, exported: Path, name: str, alias: str) -> str:
-    """Log the exported file to the run under `export/` and register it as a new model version."""
-    artifact_path = f"export/{exported.suffix.lstrip('.')}"
+def register(client: Any, run_id: str, exported: Path, fmt: str, name: str, alias: str) -> str:
+    """Log the exported file to the run under `export/FORMAT` and register it as a new model version."""
+    artifact_path = f"export/{fmt}"
     client.log_artifact(run_id, str(exported), artifact_path=artifact_path)
     run = client.get_run(run_id)
     source = f"{run.info.artifact_uri}/{artifact_path}"
@@ -124,6 +124,6 @@ def register(client: Any, run_id: str, exported: Path, name: str, alias: str) ->
         client.get_registered_model(name)
     except Exception:
         client.create_registered_model(name, description="exported by precrop-search")
-    version = client.create_model_version(name, source=source, run_id=run_id, tags={"format": exported.suffix})
+    version = client.create_model_version(name, source=source, run_id=run_id, tags={"format": fmt})
     client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)

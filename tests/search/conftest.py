@@ -1,0 +1,67 @@
+"""Helpers to run real searches in a temporary directory, the way users and `ray submit` do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# a search small enough for the default test run: CIFAR ResNet-20 widths on digits, 2 epochs per trial
+TINY_CONFIG: dict[str, Any] = {
+    "name": "tiny",
+    "model": {"arch": "cifar_resnet20"},
+    "data": {"name": "digits"},
+    "space": {
+        "allocators": ["synexp", "uniform"],
+        "budget": [0.15, 1.0],
+        "lr": [0.001, 0.3],
+        "weight_decay": [1.0e-4, 1.0e-3],
+        "label_smoothing": [0.0, 0.1],
+        "batch_size": [64],
+        "epochs": 2,
+    },
+    "search": {"trials": 4, "concurrency": 1, "seed": 0},
+    "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
+}
+
+
+def search_env() -> dict[str, str]:
+    """Environment for a search subprocess: no telemetry, this checkout importable."""
+    env = dict(os.environ)
+    env.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    return env
+
+
+def write_config(folder: Path, config: dict[str, Any], name: str = "config.yaml") -> Path:
+    """Write `config` as YAML into `folder`."""
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def copy_search_script(folder: Path) -> Path:
+    """search.py alone in `folder`, as `ray submit` uploads it."""
+    return Path(shutil.copy(ROOT / "search.py", folder / "search.py"))
+
+
+def run_search_script(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    """`python search.py ARGS` with `folder` as the working directory."""
+    return subprocess.run(
+        [sys.executable, "search.py", *args], cwd=folder, env=search_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def run_precrop(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`precrop ARGS` (as `python -m search.cli`) in `folder`."""
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args], cwd=folder, env=search_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip

@@ -1,0 +1,88 @@
+"""Config parsing and validation: types, unknown keys, ranges, overrides; bad configs exit 2 in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.config import ConfigError, ExperimentConfig, load_config, parse_config
+from tests.search.conftest import ROOT, run_precrop, write_config
+
+
+def test_quickstart_config_parses_to_frozen_dataclasses() -> None:
+    config = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert config.name == "quickstart" and config.data.name == "digits"
+    assert config.search.trials == 8 and config.space.budget == (0.15, 1.0)
+    assert config.space.weight_decay == (1e-4, 1e-3)
+    with pytest.raises(AttributeError):
+        config.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_overrides_parse_values_as_yaml(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"name": "x"})
+    config = load_config(path, ["space.lr=[0.01, 0.1]", "search.trials=3", "space.weight_decay=1e-4", "asha.enabled=false"])
+    assert config.space.lr == (0.01, 0.1)
+    assert config.search.trials == 3
+    assert config.space.weight_decay == (1e-4, 1e-4)  # one number fixes the value (YAML 1.1 reads 1e-4 as text)
+    assert config.asha.enabled is False
+
+
+def test_defaults_round_trip_through_to_dict() -> None:
+    config = parse_config({})
+    assert parse_config(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("space.lrr=0.1", "unknown key 'space.lrr'"),
+        ("space.lr=[-0.1, 0.1]", "space.lr: must be [low, high] of positive numbers"),
+        ("space.budget=[0.5, 1.5]", "space.budget: must be [low, high] with 0 < low <= high <= 1 for PreCrop"),
+        ("space.budget=[0, 0.5]", "space.budget"),
+        ("space.allocators=[synexp, magic]", "space.allocators[1]: unknown value 'magic'"),
+        ("search.trials=many", "search.trials must be an integer"),
+        ("resources.gpu=1.5", "resources.gpu: must be a GPU fraction"),
+        ("model.arch=resnet9000", "model.arch: unknown value 'resnet9000'"),
+        ("objectives.cost=energy", "objectives.cost: unknown value 'energy'"),
+        ("space=3", "space must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, override: str, message: str) -> None:
+    path = write_config(tmp_path, {"name": "x"})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert message in str(info.value)
+
+
+def test_preconfig_budget_may_exceed_one_up_to_expand(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"name": "x", "space": {"expand": 1.5, "budget": [0.8, 1.4]}})
+    assert load_config(path).space.budget == (0.8, 1.4)
+    with pytest.raises(ConfigError, match="expand=1.5"):
+        load_config(path, ["space.budget=[0.8, 1.6]"])
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"name": "x", "extra": 1}, "unknown key 'extra'"),
+        ({"name": "x", "space": {"lr": [-1, 0.1]}}, "space.lr"),
+        ({"name": "x", "space": {"budget": [0.2, 1.2]}}, "space.budget"),
+        ({"name": "x", "space": {"allocators": ["nope"]}}, "space.allocators[0]"),
+        ({"name": "x", "data": {"name": "cifar10", "data_dir": "/nonexistent/cifar"}}, "cifar10 not found"),
+        ({"name": "x", "space": {"budget": [0.01, 0.5]}}, "below what the minimum widths allow"),
+    ],
+)
+def test_search_cli_rejects_bad_configs_in_one_line(tmp_path: Path, config: dict[str, object], message: str) -> None:
+    path = write_config(tmp_path, config)
+    result = run_precrop(tmp_path, "search", str(path))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("precrop: error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
