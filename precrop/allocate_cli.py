@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from precrop.allocate import AllocationRequest, BudgetError, SynExpAllocator
+from precrop.allocate import ALLOCATORS, AllocationRequest, BudgetError
 from precrop.costmodel import LayerTable
 from precrop.fileio import write_atomically
 from precrop.inspect import describe
@@ -50,7 +50,7 @@ def run_allocate(args: argparse.Namespace) -> int:
     """The `precrop allocate` command."""
     request = request_from_args(args)
     table = describe(args.arch, num_classes=args.num_classes, input_size=args.input_size)
-    plan = SynExpAllocator().allocate(table, request)
+    plan = ALLOCATORS[args.allocator]().allocate(table, request)
     if args.output:
         write_plan_atomically(plan, args.output)
     if args.json:

@@ -50,10 +50,12 @@ def add_precrop_commands(commands: argparse._SubParsersAction[OneLineErrorParser
     info.add_argument("--input-size", type=positive_int, default=None, help="square input side")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
-    alloc = commands.add_parser("allocate", help="SynExp widths for a params and/or MACs budget")
+    alloc = commands.add_parser("allocate", help="widths for a params and/or MACs budget (SynExp or uniform)")
     alloc.add_argument("arch")
     alloc.add_argument("--macs", type=float, help="MACs budget as a fraction of the dense model")
     alloc.add_argument("--params", type=float, help="parameter budget as a fraction of the dense model")
+    alloc.add_argument("--allocator", default="synexp", choices=("synexp", "uniform"),
+                       help="synexp (PreCrop/PreConfig, default) or uniform width scaling")  # fmt: skip
     alloc.add_argument("--variant", default="fit", help="channel mapping: fit (default), gp or internal")
     alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
     alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")

@@ -89,4 +89,4 @@ class ProgressAndRunCloser(Callback):
             self._print(f"warning: could not close the MLflow run of trial {trial_id}: {exc}")
 
     def _print(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.started_at:6.0f} s] {text}", flush=True)
+        print(f"[{time.perf_counter() - self.started_at:7.1f} s] {text}", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class _Trial:
         self.client = client
         self.run_id = run_id
         self.ended = False
+        # where the trial's time goes (logged at the end; benchmarks/tune_overhead.py reads it)
+        self.started = time.perf_counter()
+        self.training_started = 0.0
+        self.reporting_seconds = 0.0
 
     def run(self, resume: Resume | None, fresh: bool) -> None:
         data = self._load_data()
@@ -110,13 +115,16 @@ class _Trial:
         epochs = trainer.config.epochs
 
         def report(metrics: Metrics, state: TrainState) -> None:
+            entered = time.perf_counter()
             tracking.log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
             last = int(metrics["epoch"]) == epochs
             if last:
                 self._finish(plan, trainer, metrics)
             result = {**metrics, ACCURACY: metrics["val_acc"], **costs, COMPLETE_KEY: int(last)}
+            self.reporting_seconds += time.perf_counter() - entered
             self._report(result, state, latency)
 
+        self.training_started = time.perf_counter()
         outcome = trainer.run(report)
         if outcome.status == "diverged":
             tracking.end_run(self.client, self.run_id, "FAILED", "diverged", outcome.reason)
@@ -175,12 +183,20 @@ class _Trial:
         with tempfile.TemporaryDirectory() as tmp:
             save_model(Path(tmp), plan, trainer.model)
             self.client.log_artifacts(self.run_id, tmp, artifact_path="model")
-        tracking.log_metrics(self.client, self.run_id, {"final_val_acc": last["val_acc"]}, step=int(last["epoch"]))
+        now = time.perf_counter()
+        timings = {
+            "time_setup_s": self.training_started - self.started,
+            "time_reporting_s": self.reporting_seconds,
+            "time_training_s": now - self.training_started - self.reporting_seconds,
+        }
+        summary = {"final_val_acc": last["val_acc"], **timings}
+        tracking.log_metrics(self.client, self.run_id, summary, step=int(last["epoch"]))
         tracking.end_run(self.client, self.run_id, "FINISHED", "completed")
         self.ended = True
 
     def _report(self, result: dict[str, Any], state: TrainState, latency: float) -> None:
         """tune.report with a checkpoint holding the loop state and this trial's run id."""
+        entered = time.perf_counter()
         folder = Path(tempfile.mkdtemp(prefix="precrop-ckpt-"))
         try:
             save_train_state(folder, state)
@@ -188,6 +204,7 @@ class _Trial:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            self.reporting_seconds += time.perf_counter() - entered
 
 
 def _read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:

@@ -24,6 +24,16 @@ def test_json_output_has_the_documented_keys(capsys: pytest.CaptureFixture[str],
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
 
 
+def test_uniform_allocator_scales_every_prunable_group_alike(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["allocate", "cifar_resnet20", "--macs", "0.5", "--allocator", "uniform", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["allocator"] == "uniform" and data["counted"]["macs"] <= 0.5 * 40_551_040
+    multiplier = data["options"]["multiplier"]
+    assert multiplier == pytest.approx(0.75, abs=1e-3)  # MACs go roughly with the multiplier squared
+    # every stage at 3/4 of its width, rounded to multiples of 8 (16 x 0.75 = 12 rounds down to 8)
+    assert {data["widths"][g] for g in ("conv1", "layer2.0.conv2", "layer3.0.conv2")} == {8, 24, 48}
+
+
 def test_table_output_shows_base_and_new_widths(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["allocate", "efficientnet_b0", "--scale", "1", "--params", "0.8", "--expand", "2"]) == 0
     text = capsys.readouterr().out

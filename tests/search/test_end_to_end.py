@@ -100,7 +100,9 @@ def test_front_is_tagged_plotted_and_printed(finished: Finished) -> None:
 
 
 def test_pareto_command_recomputes_the_same_front(finished: Finished) -> None:
-    result = run_precrop(finished.folder, "pareto", "--experiment", "tiny", "--tracking-uri", "sqlite:///mlflow.db", "--json")
+    result = run_precrop(
+        finished.folder, "pareto", "--experiment", "tiny", "--tracking-uri", "sqlite:///mlflow.db", "--json"
+    )
     assert result.returncode == 0, result.stderr
     front = {r["run_id"] for r in json.loads(result.stdout)}
     assert front == {c.info.run_id for c in finished.children if c.data.tags["pareto"] == "true"}  # type: ignore[attr-defined]
@@ -111,7 +113,18 @@ def test_export_round_trip(finished: Finished, fmt: str) -> None:
     member = next(c for c in finished.children if c.data.tags["pareto"] == "true")  # type: ignore[attr-defined]
     run_id = member.info.run_id  # type: ignore[attr-defined]
     out = finished.folder / f"exported-{fmt}"
-    args = ["export", run_id, "--format", fmt, "-o", str(out), "--tracking-uri", finished.uri, "--register", f"tiny-{fmt}"]
+    args = [
+        "export",
+        run_id,
+        "--format",
+        fmt,
+        "-o",
+        str(out),
+        "--tracking-uri",
+        finished.uri,
+        "--register",
+        f"tiny-{fmt}",
+    ]
     result = run_precrop(finished.folder, *args)
     assert result.returncode == 0, result.stderr
     assert "max |export - pytorch|" in result.stdout

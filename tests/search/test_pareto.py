@@ -8,7 +8,9 @@ import io
 from search.pareto import TrialRecord, front_rows, pareto_front, plot_front, to_csv
 
 
-def record(run_id: str, acc: float | None, macs: float, outcome: str = "completed", allocator: str = "synexp") -> TrialRecord:
+def record(
+    run_id: str, acc: float | None, macs: float, outcome: str = "completed", allocator: str = "synexp"
+) -> TrialRecord:
     status = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}[outcome]
     return TrialRecord(run_id, run_id, allocator, 0.5, status, outcome, acc, None, macs, macs / 10, 1.0)
 
