@@ -121,6 +121,7 @@ class RayConfig:
     address: str | None = None
     storage_path: str = "ray_results"
     max_failures: int = 2
+    checkpoint_every_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,8 @@ def validate(config: ExperimentConfig) -> None:
         "must be sqlite:///FILE, http(s)://HOST:PORT or a database URI",
     )
     _require(config.ray.max_failures >= 0, "ray.max_failures", "must be 0 or more")
+    every = config.ray.checkpoint_every_s
+    _require(_finite(every) and every >= 0, "ray.checkpoint_every_s", "must be 0 (every epoch) or more seconds")
     _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
 
 

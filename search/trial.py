@@ -99,6 +99,7 @@ class _Trial:
         self.started = time.perf_counter()
         self.training_started = 0.0
         self.reporting_seconds = 0.0
+        self.last_checkpoint = -float("inf")
 
     def run(self, resume: Resume | None, fresh: bool) -> None:
         data = self._load_data()
@@ -122,7 +123,8 @@ class _Trial:
                 self._finish(plan, trainer, metrics)
             result = {**metrics, ACCURACY: metrics["val_acc"], **costs, COMPLETE_KEY: int(last)}
             self.reporting_seconds += time.perf_counter() - entered
-            self._report(result, state, latency)
+            due = time.perf_counter() - self.last_checkpoint >= self.config.ray.checkpoint_every_s
+            self._report(result, state if (last or due) else None, latency)
 
         self.training_started = time.perf_counter()
         outcome = trainer.run(report)
@@ -194,9 +196,18 @@ class _Trial:
         tracking.end_run(self.client, self.run_id, "FINISHED", "completed")
         self.ended = True
 
-    def _report(self, result: dict[str, Any], state: TrainState, latency: float) -> None:
-        """tune.report with a checkpoint holding the loop state and this trial's run id."""
+    def _report(self, result: dict[str, Any], state: TrainState | None, latency: float) -> None:
+        """tune.report, with a checkpoint (the loop state and this trial's run id) when `state` is given.
+
+        Checkpoints are written at most every `ray.checkpoint_every_s` seconds (and at the last epoch):
+        one per epoch of a short epoch costs more than the training it protects.
+        """
         entered = time.perf_counter()
+        if state is None:
+            tune.report(result)
+            self.reporting_seconds += time.perf_counter() - entered
+            return
+        self.last_checkpoint = entered
         folder = Path(tempfile.mkdtemp(prefix="precrop-ckpt-"))
         try:
             save_train_state(folder, state)

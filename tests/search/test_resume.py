@@ -41,6 +41,7 @@ def test_kill_then_resume_keeps_one_finished_run_per_trial(tmp_path: Path) -> No
     config["space"]["epochs"] = EPOCHS
     config["search"] = {"trials": 4, "concurrency": 2, "seed": 1}
     config["asha"] = {"enabled": False}
+    config["ray"] = {"checkpoint_every_s": 0}  # a checkpoint every epoch, so the kill lands after one
     copy_search_script(tmp_path)
     write_config(tmp_path, config, "resumable.yaml")
     process = subprocess.Popen(
