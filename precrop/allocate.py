@@ -74,6 +74,33 @@ class AllocationRequest:
         return tuple(m for m in ("params", "macs") if getattr(self, m) is not None)
 
 
+def budgets_and_bounds(
+    table: LayerTable, request: AllocationRequest
+) -> tuple[dict[str, float], dict[str, WidthBounds]]:
+    """Absolute budgets per metric, and the allowed widths of every prunable group."""
+    base = table.cost()
+    budgets = {m: getattr(request, m) * getattr(base, m) for m in request.metrics}
+    bounds = {
+        g.name: width_bounds(g.width, request.divisor, request.min_width, request.expand) for g in table.prunable_groups
+    }
+    return budgets, bounds
+
+
+def require_floor_fits(
+    table: LayerTable, request: AllocationRequest, budgets: dict[str, float], bounds: dict[str, WidthBounds]
+) -> None:
+    """BudgetError when even the narrowest allowed widths exceed a budget."""
+    base = table.cost()
+    floor = table.cost({g: b.low for g, b in bounds.items()})
+    for metric, budget in budgets.items():
+        if getattr(floor, metric) > budget:
+            need = getattr(floor, metric) / getattr(base, metric)
+            raise BudgetError(
+                f"{metric} budget {getattr(request, metric)} is below what the minimum widths allow "
+                f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
+            )
+
+
 class Allocator(Protocol):
     """Anything that maps (layer table, request) to a WidthPlan."""
 
@@ -98,19 +125,8 @@ class SynExpAllocator:
         request.validate()
         start = time.perf_counter()
         base = table.cost()
-        budgets = {m: getattr(request, m) * getattr(base, m) for m in request.metrics}
-        bounds = {
-            g.name: width_bounds(g.width, request.divisor, request.min_width, request.expand)
-            for g in table.prunable_groups
-        }
-        floor = table.cost({g: b.low for g, b in bounds.items()})
-        for metric, budget in budgets.items():
-            if getattr(floor, metric) > budget:
-                need = getattr(floor, metric) / getattr(base, metric)
-                raise BudgetError(
-                    f"{metric} budget {getattr(request, metric)} is below what the minimum widths allow "
-                    f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
-                )
+        budgets, bounds = budgets_and_bounds(table, request)
+        require_floor_fits(table, request, budgets, bounds)
         mapper = self._mapper(table, request, bounds)
         log_d = self._log_densities(table, base, request, mapper, budgets)
         result = mapper.solve(log_d, budgets)
@@ -190,11 +206,8 @@ class UniformAllocator:
         request.validate()
         start = time.perf_counter()
         base = table.cost()
-        budgets = {m: getattr(request, m) * getattr(base, m) for m in request.metrics}
-        bounds = {
-            g.name: width_bounds(g.width, request.divisor, request.min_width, request.expand)
-            for g in table.prunable_groups
-        }
+        budgets, bounds = budgets_and_bounds(table, request)
+        require_floor_fits(table, request, budgets, bounds)
 
         def widths_at(multiplier: float) -> dict[str, int]:
             targets = {g.name: g.width * multiplier for g in table.prunable_groups}
@@ -205,11 +218,6 @@ class UniformAllocator:
             return all(getattr(cost, m) <= b for m, b in budgets.items())
 
         low, high = 0.0, request.expand
-        if not fits(widths_at(low)):
-            raise BudgetError(
-                f"budget is below what the minimum widths allow (min width {request.min_width}, "
-                f"divisor {request.divisor})"
-            )
         if fits(widths_at(high)):
             low = high
         for _ in range(self.steps):

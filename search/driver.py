@@ -93,8 +93,6 @@ def preflight(config: ExperimentConfig) -> None:
             point = TrialPoint(allocator, budget, space.lr[0], space.weight_decay[0], space.label_smoothing[0], 1)
             try:
                 ALLOCATORS[allocator]().allocate(table, point.allocation_request(space))
-            except ConfigError:
-                raise
             except Exception as exc:
                 raise ConfigError(f"space.budget: {allocator} cannot allocate at {budget}: {exc}") from exc
 
