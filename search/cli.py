@@ -18,8 +18,6 @@ from precrop.cli import (
 )
 from trainers.cli import add_train_command
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
 
 def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
     """Register `search`, `pareto` and `export`."""
@@ -28,11 +26,12 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one config value, e.g. --set search.trials=16 (repeatable)")  # fmt: skip
     search.add_argument("--resume", action="store_true", help="continue the latest search of this config")
-    search.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: an embedded local cluster)")
+    search.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: the cluster `ray start` began "
+                        "on this machine, else an embedded one)")  # fmt: skip
 
     pareto = commands.add_parser("pareto", help="recompute a search's Pareto front from MLflow")
     pareto.add_argument("--experiment", required=True, help="MLflow experiment name")
-    pareto.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    pareto.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     pareto.add_argument("--cost", default="macs", choices=("macs", "params", "latency_ms"))
     pareto.add_argument("--search", help="only this search (its name, e.g. quickstart-20261121-101500)")
     pareto.add_argument("--json", action="store_true", help="print the front as JSON")
@@ -40,7 +39,7 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript")
     export.add_argument("run_id", help="MLflow run id of a trial that trained to the end")
     export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    export.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    export.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     export.add_argument("-o", "--output", help="file to write (default: RUNID-ARCH.onnx|.pt)")
     export.add_argument("--register", metavar="NAME", help="also register it in the MLflow Model Registry")
     export.add_argument("--alias", default="candidate", help="alias for the registered version")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,8 @@ from precrop.errors import UserError
 
 COST_OBJECTIVES = ("macs", "params", "latency_ms")
 SAMPLERS = ("tpe", "nsga2")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+STORAGE_ENV = "PRECROP_STORAGE_PATH"
 
 
 class ConfigError(UserError):
@@ -108,18 +111,26 @@ class AshaConfig:
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    """Where runs go. A relative sqlite path is relative to the directory the search starts in."""
+    """Where runs go. A relative sqlite path is relative to the directory the search starts in.
 
-    tracking_uri: str = "sqlite:///mlflow.db"
+    `tracking_uri: null` means $MLFLOW_TRACKING_URI when set (the cluster heads export it), else
+    sqlite:///mlflow.db, so one config file runs both on a laptop and on a cluster.
+    """
+
+    tracking_uri: str | None = None
     experiment: str | None = None
 
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Ray: embedded local cluster when `address` is null; `auto` or HOST:PORT joins a cluster."""
+    """Ray: `address` null joins the cluster `ray start` began on this machine, else starts an embedded one.
+
+    `storage_path: null` means $PRECROP_STORAGE_PATH when set (shared storage such as s3://..., which
+    the cluster heads export), else ./ray_results.
+    """
 
     address: str | None = None
-    storage_path: str = "ray_results"
+    storage_path: str | None = None
     max_failures: int = 2
     checkpoint_every_s: float = 10.0
 
@@ -286,15 +297,44 @@ def validate(config: ExperimentConfig) -> None:
     _require(0 <= config.resources.gpu <= 1, "resources.gpu", "must be a GPU fraction in [0, 1]")
     _require(config.asha.grace_period >= 1, "asha.grace_period", "must be at least 1 epoch")
     _require(config.asha.reduction_factor > 1, "asha.reduction_factor", "must be greater than 1")
-    _require(
-        config.mlflow.tracking_uri.startswith(("sqlite:", "http://", "https://", "file:", "postgresql", "mysql")),
-        "mlflow.tracking_uri",
-        "must be sqlite:///FILE, http(s)://HOST:PORT or a database URI",
-    )
+    if config.mlflow.tracking_uri is not None:
+        _check_tracking_uri(config.mlflow.tracking_uri, "mlflow.tracking_uri")
     _require(config.ray.max_failures >= 0, "ray.max_failures", "must be 0 or more")
     every = config.ray.checkpoint_every_s
     _require(_finite(every) and every >= 0, "ray.checkpoint_every_s", "must be 0 (every epoch) or more seconds")
-    _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
+    if config.ray.storage_path is not None:
+        _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
+
+
+def _check_tracking_uri(uri: str, source: str) -> None:
+    _require(
+        uri.startswith(("sqlite:", "http://", "https://", "file:", "postgresql", "mysql")),
+        source,
+        "must be sqlite:///FILE, http(s)://HOST:PORT or a database URI",
+    )
+
+
+def tracking_uri_of(config: ExperimentConfig) -> str:
+    """The tracking URI a search uses: the config's, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+    if config.mlflow.tracking_uri is not None:
+        return config.mlflow.tracking_uri
+    return default_tracking_uri()
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set (checked), else sqlite:///mlflow.db in the working directory."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if from_env:
+        _check_tracking_uri(from_env, "MLFLOW_TRACKING_URI")
+        return from_env
+    return DEFAULT_TRACKING_URI
+
+
+def storage_path_of(config: ExperimentConfig) -> str:
+    """Where Tune keeps a search: the config's storage_path, else $PRECROP_STORAGE_PATH, else ./ray_results."""
+    if config.ray.storage_path is not None:
+        return config.ray.storage_path
+    return os.environ.get(STORAGE_ENV, "").strip() or "ray_results"
 
 
 def _validate_space(

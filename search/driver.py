@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.config import ConfigError, ExperimentConfig
+from search.config import ConfigError, ExperimentConfig, storage_path_of, tracking_uri_of
 
 SEARCH_TAG = "precrop.search"
 CONFIG_TAG = "precrop.config"
@@ -47,7 +47,7 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> int:
 
     started = time.perf_counter()
     preflight(config)
-    uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
+    uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
     client = tracking.client_for(uri)
     experiment = tracking.experiment_id(client, config.experiment_name)
     handle = _resume_handle(client, config, experiment, uri) if resume else _new_handle(client, config, experiment, uri)
@@ -139,7 +139,7 @@ def _resume_handle(client: Any, config: ExperimentConfig, experiment: str, uri: 
 
 
 def _storage_root(config: ExperimentConfig) -> str:
-    root = config.ray.storage_path
+    root = storage_path_of(config)
     if "://" in root:
         return root.rstrip("/")
     return str(Path(root).expanduser().resolve())
@@ -154,9 +154,9 @@ def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool) -> 
     from search.space import param_space
     from search.trial import TrialSetup, run_trial
 
-    _init_ray(config)
+    embedded = _init_ray(config)
     try:
-        resources = _trial_resources(config)
+        resources = _trial_resources(config, embedded)
         setup = TrialSetup(config, handle.tracking_uri, handle.experiment_id, handle.parent_run_id, resources["cpu"])
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
         progress = ProgressAndRunCloser(handle.tracking_uri, handle.experiment_id, handle.parent_run_id,
@@ -185,32 +185,53 @@ def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool) -> 
         ray.shutdown()
 
 
-def _init_ray(config: ExperimentConfig) -> None:
+def _init_ray(config: ExperimentConfig) -> bool:
+    """Start an embedded Ray or join a cluster; True when embedded (this driver owns the whole cluster)."""
     import logging
 
     import ray
 
-    address = config.ray.address
+    address = ray_address(config)
     try:
         if address is None:
             # trials print nothing useful; their errors reach the driver through Tune
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            return True
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"ray.address {address!r}: cannot connect ({str(exc).splitlines()[0][:200]})") from exc
+        hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"ray.address {address!r}: cannot connect{hint}: {first}") from exc
+    have = ray.cluster_resources()
+    print(f"joined the Ray cluster at {address}: {sum(n['Alive'] for n in ray.nodes())} node(s), {have.get('CPU', 0):g} CPUs, "
+          f"{have.get('GPU', 0):g} GPUs now (autoscaling adds workers while trials wait)", flush=True)  # fmt: skip
+    return False
 
 
-def _trial_resources(config: ExperimentConfig) -> dict[str, float]:
-    """CPU and GPU per trial; an embedded local cluster without GPUs drops the GPU request (with a note)."""
+def ray_address(config: ExperimentConfig) -> str | None:
+    """The cluster to join, or None for an embedded Ray started by this driver.
+
+    In order: `ray.address` (or --address; `local` forces an embedded Ray), $RAY_ADDRESS, then the
+    cluster that `ray start` began on this machine. The last is how `ray submit` works: it runs the
+    script on the head node, where no address was passed.
+    """
+    from ray._private.utils import read_ray_address
+
+    chosen = config.ray.address or os.environ.get("RAY_ADDRESS", "").strip() or read_ray_address()
+    return None if not chosen or chosen == "local" else chosen
+
+
+def _trial_resources(config: ExperimentConfig, embedded: bool) -> dict[str, float]:
+    """CPU and GPU per trial. An embedded Ray on a machine without GPUs drops the GPU request (with a
+    note); a joined cluster keeps it, because its GPU workers may start only when trials wait for them."""
     import ray
 
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    if resources["gpu"] > 0 and config.ray.address is None and not ray.cluster_resources().get("GPU"):
+    if resources["gpu"] > 0 and embedded and not ray.cluster_resources().get("GPU"):
         print("note: this machine has no GPU; trials run on CPU", flush=True)
         resources["gpu"] = 0.0
     available = ray.cluster_resources().get("CPU", 0)
-    if config.ray.address is None and resources["cpu"] > available:
+    if embedded and resources["cpu"] > available:
         raise ConfigError(f"resources.cpu: each trial asks for {resources['cpu']} CPUs, this machine has {available}")
     return resources
 

@@ -17,6 +17,7 @@ from torch import nn
 from precrop.errors import UserError
 from precrop.fileio import write_atomically
 from precrop.plan import WidthPlan
+from search.config import default_tracking_uri
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4
@@ -95,7 +96,7 @@ def run_export(args: argparse.Namespace) -> int:
     from search import tracking
     from search.models import load_run_model
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri)
     plan, model = load_run_model(client, args.run_id)
     output = Path(args.output or f"{args.run_id[:12]}-{plan.arch}{FORMATS[args.format]}")

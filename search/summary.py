@@ -12,7 +12,7 @@ from typing import Any
 from precrop.errors import UserError
 from precrop.textui import format_table
 from search import tracking
-from search.config import ExperimentConfig
+from search.config import ExperimentConfig, default_tracking_uri
 from search.pareto import TrialRecord, front_rows, front_tag_updates, pareto_front, plot_front, record_from_run, to_csv
 
 
@@ -84,7 +84,7 @@ def _channels_last() -> Any:
 
 def run_pareto(args: argparse.Namespace) -> int:
     """The `precrop pareto` command: recompute the front of an experiment from MLflow alone."""
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri)
     experiment = tracking.experiment_id(client, args.experiment, create=False)
     parent = None

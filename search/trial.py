@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from mlflow import MlflowClient
 from ray import tune
@@ -35,6 +37,10 @@ from trainers.loop import Metrics, Trainer, TrainState
 from trainers.measure import measure_latency
 
 META_FILE = "trial.json"
+NODE_TAG = "precrop.node_id"
+HOST_TAG = "precrop.host"
+DEVICE_TAG = "precrop.device"
+ATTEMPTS_TAG = "precrop.attempts"
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class _Trial:
         trainer = Trainer(model, data, self.point.train_config(self.config.space, self.config.search.seed, workers))
         if resume is not None:
             trainer.load_state(resume.state)
+        self._tag_placement(str(trainer.device))
         epochs = trainer.config.epochs
 
         def report(metrics: Metrics, state: TrainState) -> None:
@@ -137,6 +144,13 @@ class _Trial:
             self._finish(plan, trainer, trainer.history[-1])
             self._report({**trainer.history[-1], ACCURACY: trainer.history[-1]["val_acc"], **costs,
                           COMPLETE_KEY: 1}, trainer.state(), latency)  # fmt: skip
+
+    def _tag_placement(self, device: str) -> None:
+        """Where this attempt runs (Ray node, host, device); a retry elsewhere overwrites it and counts up."""
+        attempts = int(self.client.get_run(self.run_id).data.tags.get(ATTEMPTS_TAG, "0")) + 1
+        tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), HOST_TAG: socket.gethostname(),
+                DEVICE_TAG: device, ATTEMPTS_TAG: str(attempts)}  # fmt: skip
+        tracking.set_tags(self.client, self.run_id, tags)
 
     def _load_data(self) -> DataSet:
         data = self.config.data
