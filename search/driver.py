@@ -202,8 +202,8 @@ def _init_ray(config: ExperimentConfig) -> bool:
         hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"ray.address {address!r}: cannot connect{hint}: {first}") from exc
-    have = ray.cluster_resources()
-    print(f"joined the Ray cluster at {address}: {sum(n['Alive'] for n in ray.nodes())} node(s), {have.get('CPU', 0):g} CPUs, "
+    have, nodes = ray.cluster_resources(), sum(node["Alive"] for node in ray.nodes())
+    print(f"joined the Ray cluster at {address}: {nodes} node(s), {have.get('CPU', 0):g} CPUs, "
           f"{have.get('GPU', 0):g} GPUs now (autoscaling adds workers while trials wait)", flush=True)  # fmt: skip
     return False
 

@@ -97,7 +97,8 @@ def test_search_from_an_empty_directory_runs_on_the_workers_and_logs_to_the_serv
     assert len(children) == 4
     placement = {run.data.tags["precrop.trial_id"]: run.data.tags["precrop.node_id"] for run in children}
     names = {node: name for name, node in gpu_cluster.workers.items()} | {gpu_cluster.head: "head"}
-    print(f"\nsearch took {elapsed:.0f} s; trial -> node: " + ", ".join(f"{t}: {names[n]}" for t, n in placement.items()))
+    where = ", ".join(f"{trial}: {names[node]}" for trial, node in placement.items())
+    print(f"\nsearch took {elapsed:.0f} s; trial -> node: {where}")
     assert set(placement.values()) == {gpu_cluster.workers["gpu"]}, "GPU trials must run on the GPU worker"
     for run in children:
         assert run.info.status == "FINISHED", run.data.tags
