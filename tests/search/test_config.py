@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from search.config import ConfigError, ExperimentConfig, load_config, parse_config
+from search.config import ConfigError, ExperimentConfig, load_config, parse_config, storage_path_of, tracking_uri_of
 from tests.search.conftest import ROOT, run_precrop, write_config
 
 
@@ -88,3 +88,40 @@ def test_search_cli_rejects_bad_configs_in_one_line(tmp_path: Path, config: dict
     assert len(lines) == 1 and lines[0].startswith("precrop: error:") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_tracking_uri_and_storage_come_from_the_environment_unless_the_config_sets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = parse_config({"name": "x"})
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PRECROP_STORAGE_PATH", raising=False)
+    assert tracking_uri_of(plain) == "sqlite:///mlflow.db" and storage_path_of(plain) == "ray_results"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    monkeypatch.setenv("PRECROP_STORAGE_PATH", "s3://bucket/ray_results")
+    assert tracking_uri_of(plain) == "http://10.0.0.5:5000" and storage_path_of(plain) == "s3://bucket/ray_results"
+    pinned = parse_config({"mlflow": {"tracking_uri": "sqlite:///here.db"}, "ray": {"storage_path": "runs"}})
+    assert tracking_uri_of(pinned) == "sqlite:///here.db" and storage_path_of(pinned) == "runs"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://nope")
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI: must be"):
+        tracking_uri_of(plain)
+
+
+def test_ray_address_prefers_config_then_environment_then_the_local_ray_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ray._private.utils
+
+    from search.driver import ray_address
+
+    started_here: list[str | None] = [None]
+    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *_: started_here[0])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    plain = parse_config({})
+    assert ray_address(plain) is None  # nothing running: an embedded Ray
+    started_here[0] = "127.0.0.1:6379"
+    assert ray_address(plain) == "127.0.0.1:6379"  # on a head, as `ray submit` runs the script
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert ray_address(plain) == "10.0.0.5:6379"
+    assert ray_address(parse_config({"ray": {"address": "local"}})) is None
+    assert ray_address(parse_config({"ray": {"address": "auto"}})) == "auto"

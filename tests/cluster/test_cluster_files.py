@@ -1,0 +1,124 @@
+"""The files in cluster/: launcher YAMLs pass Ray's own validation, the RayJob is well formed, versions are
+pinned to what the tests ran with, nothing listens publicly, and no file holds a credential."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.search.conftest import ROOT
+
+CLUSTER = ROOT / "cluster"
+LAUNCHER_YAMLS = ("aws.yaml", "gcp.yaml")
+
+
+def _load(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CLUSTER / name).read_text())
+    return loaded
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_launcher_yaml_passes_rays_validation(name: str) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(_load(name)))  # merges the provider's defaults first
+    validate_config(prepared)
+    assert prepared["head_node_type"] == "head"
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_launcher_yaml_layout(name: str) -> None:
+    config = _load(name)
+    head, worker = config["available_node_types"]["head"], config["available_node_types"]["gpu_worker"]
+    assert head["resources"] == {"CPU": 0}  # the driver and MLflow only
+    assert worker["min_workers"] == 0 and worker["resources"]["GPU"] >= 1
+    assert config["provider"]["cache_stopped_nodes"] is False
+    mounts = config["file_mounts"]
+    assert (
+        mounts["~/cluster"] == "./cluster"
+        and mounts["~/configs"] == "./configs"
+        and mounts["~/precrop-dist"] == "./dist"
+    )
+    assert config["setup_commands"] == ["bash ~/cluster/setup_node.sh"]
+    assert config["head_setup_commands"] == [f"bash ~/cluster/setup_head.sh {name.removesuffix('.yaml')}"]
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_rayjob_runs_the_search_with_a_gpu_worker_group_and_an_internal_mlflow() -> None:
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text())}
+    job = documents["RayJob"]
+    assert job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["entrypoint"].startswith("precrop search /home/ray/configs/")
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://precrop-mlflow:5000"
+    assert env["PRECROP_STORAGE_PATH"].startswith(("s3://", "gs://"))
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == importlib.metadata.version("ray")
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (gpu_group,) = cluster["workerGroupSpecs"]
+    assert gpu_group["minReplicas"] == 0
+    (worker,) = gpu_group["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert documents["Service"]["spec"]["type"] == "ClusterIP"
+    mlflow_args = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--artifacts-destination=/mlflow/artifacts" in mlflow_args
+    assert any(arg.startswith("--allowed-hosts=") for arg in mlflow_args)
+
+
+def test_dockerfile_base_image_matches_the_pinned_ray() -> None:
+    base = re.search(r"^FROM rayproject/ray:(\S+)-py311-gpu$", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE)
+    assert base is not None and base.group(1) == importlib.metadata.version("ray")
+
+
+def test_constraints_pin_the_tested_versions_and_this_project() -> None:
+    pins = dict(
+        line.split("==", 1)
+        for line in (CLUSTER / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for package in ("ray", "torch", "torchvision", "mlflow", "optuna", "cvxpy", "torch-pruning"):
+        assert pins[package] == importlib.metadata.version(package), package
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert pins["precrop-search"] == project["version"]
+
+
+def test_no_public_listeners_and_no_credentials_in_cluster_files() -> None:
+    secret = re.compile(r"aws_secret_access_key|aws_access_key_id|AKIA[0-9A-Z]{16}|password\s*[:=]|PRIVATE KEY", re.I)
+    for path in CLUSTER.iterdir():
+        text = path.read_text()
+        assert not secret.search(text), path.name
+        if path.suffix == ".yaml" and path.name != "kuberay-rayjob.yaml":
+            assert "0.0.0.0" not in text, path.name
+
+
+@pytest.mark.parametrize("script", ["setup_node.sh", "setup_head.sh", "start_mlflow.sh"])
+def test_scripts_parse(script: str) -> None:
+    assert subprocess.run(["bash", "-n", str(CLUSTER / script)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "sqlite:///x.db", "--artifacts", "a", "--host", "0.0.0.0"], "refusing to listen on every"),
+        (["--artifacts", "a", "--host", "127.0.0.1"], "--backend is required"),
+        (["--backend", "sqlite:///x.db", "--artifacts", "a", "--port", "http"], "--port must be a number"),
+        (["--bogus"], "unknown argument --bogus"),
+    ],
+)
+def test_start_mlflow_refuses_bad_arguments_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(CLUSTER / "start_mlflow.sh"), *args, "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state").exists()
