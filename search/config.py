@@ -45,6 +45,7 @@ class DataConfig:
 
     name: str = "digits"
     data_dir: str | None = None
+    download: bool = False  # fetch a missing CIFAR copy into data_dir (needs internet; every node does it once)
     val_fraction: float = 0.1
     image_size: int | None = None
     resident: str = "auto"
@@ -181,7 +182,17 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         apply_override(raw, override)
     config = parse_config(raw)
     validate(config)
-    return config
+    return with_absolute_data_dir(config)
+
+
+def with_absolute_data_dir(config: ExperimentConfig, base: Path | None = None) -> ExperimentConfig:
+    """A relative `data.data_dir` made absolute against the directory the search starts in: trials run in
+    their own working directories, and on a cluster the same home-relative path exists on every node."""
+    folder = config.data.data_dir
+    if folder is None or Path(folder).expanduser().is_absolute():
+        return config
+    absolute = str((base or Path.cwd()) / folder)
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=absolute))
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -84,7 +84,7 @@ def preflight(config: ExperimentConfig) -> None:
     data = config.data
     resident = "no" if data.name == "imagefolder" else "auto"  # only the shape and classes are needed here
     request = DataRequest(data.name, data.data_dir, val_fraction=data.val_fraction, image_size=data.image_size,
-                          resident=resident)  # fmt: skip
+                          resident=resident, download=data.download)  # fmt: skip
     loaded = load_dataset(request)
     table = layer_table(config.model.arch, loaded.num_classes, loaded.image_shape[1])
     space = config.space

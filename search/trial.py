@@ -156,7 +156,7 @@ class _Trial:
         data = self.config.data
         request = DataRequest(
             data.name, data_dir=data.data_dir, val_fraction=data.val_fraction, seed=self.config.search.seed,
-            image_size=data.image_size, resident=data.resident,
+            image_size=data.image_size, resident=data.resident, download=data.download,
         )  # fmt: skip
         return load_dataset(request)
 

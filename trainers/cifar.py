@@ -97,14 +97,21 @@ def find_folder(request: DataRequest, layout: CifarLayout) -> Path:
 
 
 def _download(root: Path, layout: CifarLayout) -> None:
+    """Download and extract under an exclusive lock: trials starting together on one node share `root`."""
+    import fcntl
+
     import torchvision
 
     root.mkdir(parents=True, exist_ok=True)
     dataset_class = torchvision.datasets.CIFAR10 if layout is CIFAR10 else torchvision.datasets.CIFAR100
-    try:
-        dataset_class(str(root), train=True, download=True)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError
-        raise DataError(f"could not download {layout.name} into {root}: {exc}") from exc
+    with open(root / f".{layout.folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (root / layout.folder / layout.train_files[0]).is_file():
+            return  # another trial finished the download while this one waited
+        try:
+            dataset_class(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError
+            raise DataError(f"could not download {layout.name} into {root}: {exc}") from exc
 
 
 def load_cifar(request: DataRequest, layout: CifarLayout) -> DataSet:

@@ -125,3 +125,11 @@ def test_ray_address_prefers_config_then_environment_then_the_local_ray_start(
     assert ray_address(plain) == "10.0.0.5:6379"
     assert ray_address(parse_config({"ray": {"address": "local"}})) is None
     assert ray_address(parse_config({"ray": {"address": "auto"}})) == "auto"
+
+
+def test_a_relative_data_dir_is_made_absolute_where_the_search_starts(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"data": {"name": "cifar10", "data_dir": "data", "download": True}})
+    config = load_config(path)
+    assert config.data.data_dir == str(Path.cwd() / "data") and config.data.download is True
+    absolute = write_config(tmp_path, {"data": {"name": "cifar10", "data_dir": str(tmp_path)}}, "abs.yaml")
+    assert load_config(absolute).data.data_dir == str(tmp_path)
