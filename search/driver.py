@@ -213,12 +213,31 @@ def ray_address(config: ExperimentConfig) -> str | None:
 
     In order: `ray.address` (or --address; `local` forces an embedded Ray), $RAY_ADDRESS, then the
     cluster that `ray start` began on this machine. The last is how `ray submit` works: it runs the
-    script on the head node, where no address was passed.
+    script on the head node, where no address was passed. A leftover address of a cluster that no
+    longer answers is ignored (joining it would hang in Ray's reconnect loop).
     """
     from ray._private.utils import read_ray_address
 
-    chosen = config.ray.address or os.environ.get("RAY_ADDRESS", "").strip() or read_ray_address()
+    chosen = config.ray.address or os.environ.get("RAY_ADDRESS", "").strip()
+    if not chosen:
+        found: str | None = read_ray_address()
+        if found and not _answers(found):
+            print(f"note: the Ray cluster recorded at {found} does not answer; starting an embedded Ray", flush=True)
+            found = None
+        chosen = found or ""
     return None if not chosen or chosen == "local" else chosen
+
+
+def _answers(address: str) -> bool:
+    """Whether HOST:PORT accepts a TCP connection within 2 s."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _trial_resources(config: ExperimentConfig, embedded: bool) -> dict[str, float]:

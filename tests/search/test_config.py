@@ -119,8 +119,11 @@ def test_ray_address_prefers_config_then_environment_then_the_local_ray_start(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     plain = parse_config({})
     assert ray_address(plain) is None  # nothing running: an embedded Ray
+    monkeypatch.setattr("search.driver._answers", lambda address: address == "127.0.0.1:6379")
     started_here[0] = "127.0.0.1:6379"
     assert ray_address(plain) == "127.0.0.1:6379"  # on a head, as `ray submit` runs the script
+    started_here[0] = "127.0.0.1:6380"
+    assert ray_address(plain) is None  # a leftover address of a stopped cluster
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert ray_address(plain) == "10.0.0.5:6379"
     assert ray_address(parse_config({"ray": {"address": "local"}})) is None
