@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -133,21 +133,7 @@ class SynExpAllocator:
         targets = {g: table.group(g).width * math.exp(y) for g, y in zip(mapper.groups, result.y, strict=True)}
         widths = repair(table, round_widths(targets, bounds), targets, bounds, budgets, mapper.costs)
         predicted = Cost(*(round(mapper.posynomials[m].value(result.y)) for m in ("params", "macs")))
-        elapsed = (time.perf_counter() - start) * 1000
-        return WidthPlan(
-            arch=table.arch,
-            input_shape=table.input_shape,
-            num_classes=table.num_classes,
-            widths={**table.base_widths, **widths},
-            budget={"params": request.params, "macs": request.macs},
-            base=base,
-            predicted=predicted,
-            counted=table.cost(widths),
-            allocator=self.name,
-            options={k: v for k, v in asdict(request).items() if k not in ("params", "macs")},
-            solver_status=result.status,
-            solve_ms=round(elapsed, 3),
-        )
+        return allocated_plan(table, request, self.name, widths, predicted, result.status, start)
 
     def _mapper(self, table: LayerTable, request: AllocationRequest, bounds: dict[str, WidthBounds]) -> ChannelMapper:
         key = (table, request.variant, request.metrics, request.divisor, request.min_width, request.expand)
@@ -205,7 +191,6 @@ class UniformAllocator:
         """Bisect the multiplier in [0, expand] against the counted cost; return the plan."""
         request.validate()
         start = time.perf_counter()
-        base = table.cost()
         budgets, bounds = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, bounds)
 
@@ -224,28 +209,43 @@ class UniformAllocator:
             middle = (low + high) / 2
             low, high = (middle, high) if fits(widths_at(middle)) else (low, middle)
         widths = widths_at(low)
-        counted = table.cost(widths)
-        return WidthPlan(
-            arch=table.arch,
-            input_shape=table.input_shape,
-            num_classes=table.num_classes,
-            widths={**table.base_widths, **widths},
-            budget={"params": request.params, "macs": request.macs},
-            base=base,
-            predicted=counted,
-            counted=counted,
-            allocator=self.name,
-            options={**{k: v for k, v in asdict(request).items() if k not in ("params", "macs")},
-                     "multiplier": round(low, 6)},
-            solver_status="bisection",
-            solve_ms=round((time.perf_counter() - start) * 1000, 3),
-        )  # fmt: skip
+        return allocated_plan(table, request, self.name, widths, table.cost(widths), "bisection", start,
+                              {"multiplier": round(low, 6)})  # fmt: skip
 
 
 ALLOCATORS: dict[str, type[SynExpAllocator] | type[UniformAllocator]] = {
     SynExpAllocator.name: SynExpAllocator,
     UniformAllocator.name: UniformAllocator,
 }
+
+
+def allocated_plan(
+    table: LayerTable,
+    request: AllocationRequest,
+    allocator: str,
+    widths: dict[str, int],
+    predicted: Cost,
+    status: str,
+    started: float,
+    extra_options: dict[str, Any] | None = None,
+) -> WidthPlan:
+    """The WidthPlan every allocator returns: its widths over the base ones, the request's budget and
+    options, the exact counted cost, and the time since `started` (a perf_counter reading)."""
+    options = {k: v for k, v in asdict(request).items() if k not in ("params", "macs")}
+    return WidthPlan(
+        arch=table.arch,
+        input_shape=table.input_shape,
+        num_classes=table.num_classes,
+        widths={**table.base_widths, **widths},
+        budget={"params": request.params, "macs": request.macs},
+        base=table.cost(),
+        predicted=predicted,
+        counted=table.cost(widths),
+        allocator=allocator,
+        options={**options, **(extra_options or {})},
+        solver_status=status,
+        solve_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
 
 
 def dense_plan(table: LayerTable) -> WidthPlan:
