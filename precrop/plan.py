@@ -11,7 +11,10 @@ from typing import Any
 from precrop.costmodel import Cost
 from precrop.errors import UserError
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2
+# version 1 plans (widths only) read as version 2 plans without masks
+READABLE_VERSIONS = (1, 2)
+GRANULARITIES = ("channel", "filter", "weight")
 
 
 class PlanError(UserError):
@@ -24,6 +27,11 @@ class WidthPlan:
 
     `budget` holds fractions of the dense model's cost ({"params": 0.5, "macs": None}); `predicted`
     is the continuous solution's cost, `counted` the exact cost of the model built at `widths`.
+
+    Mask methods (SynFlow, SNIP, ...) keep the dense widths and zero weights instead: their plans have
+    `granularity` "weight" or "filter", the kept fraction of every conv/linear layer's weights in
+    `densities`, and the theoretical cost of the masked model (pruned weights cost nothing) in `sparse`.
+    Channel plans (`granularity` "channel") have no densities and no sparse cost.
     """
 
     arch: str
@@ -38,12 +46,26 @@ class WidthPlan:
     options: Mapping[str, Any]
     solver_status: str
     solve_ms: float
+    granularity: str = "channel"
+    densities: Mapping[str, float] = field(default_factory=dict)
+    sparse: Cost | None = None
     schema_version: int = field(default=PLAN_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", MappingProxyType(dict(self.widths)))
+        object.__setattr__(self, "densities", MappingProxyType(dict(self.densities)))
         object.__setattr__(self, "budget", MappingProxyType(dict(self.budget)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def masked(self) -> bool:
+        """True for weight- or filter-level mask plans (dense shapes, zeroed weights)."""
+        return self.granularity != "channel"
+
+    @property
+    def effective(self) -> Cost:
+        """The cost that counts for budgets and fronts: theoretical for masks, counted for widths."""
+        return self.sparse if self.sparse is not None else self.counted
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -61,6 +83,9 @@ class WidthPlan:
             "options": dict(self.options),
             "solver_status": self.solver_status,
             "solve_ms": self.solve_ms,
+            "granularity": self.granularity,
+            "densities": dict(self.densities),
+            "sparse": None if self.sparse is None else _cost_dict(self.sparse),
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -71,7 +96,7 @@ class WidthPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> WidthPlan:
         """Inverse of `to_dict`; PlanError names what is wrong."""
         version = data.get("schema_version")
-        if version != PLAN_SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise PlanError(f"plan schema version {version!r} is not supported (expected {PLAN_SCHEMA_VERSION})")
         try:
             c, h, w = (int(v) for v in data["input_shape"])
@@ -91,6 +116,9 @@ class WidthPlan:
                 options=dict(data["options"]),
                 solver_status=str(data["solver_status"]),
                 solve_ms=float(data["solve_ms"]),
+                granularity=_granularity(data.get("granularity", "channel")),
+                densities={str(k): _density(v) for k, v in data.get("densities", {}).items()},
+                sparse=None if data.get("sparse") is None else _cost(data["sparse"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed plan: {type(exc).__name__}: {exc}") from exc
@@ -113,3 +141,16 @@ def _cost_dict(cost: Cost) -> dict[str, int]:
 
 def _cost(data: Mapping[str, Any]) -> Cost:
     return Cost(params=int(data["params"]), macs=int(data["macs"]))
+
+
+def _granularity(value: Any) -> str:
+    if value not in GRANULARITIES:
+        raise PlanError(f"plan granularity {value!r} is not one of {', '.join(GRANULARITIES)}")
+    return str(value)
+
+
+def _density(value: Any) -> float:
+    density = float(value)
+    if not 0 < density <= 1:
+        raise PlanError(f"plan has a layer density {value!r} outside (0, 1]")
+    return density

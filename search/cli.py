@@ -20,7 +20,7 @@ from trainers.cli import add_train_command
 
 
 def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
-    """Register `search`, `pareto` and `export`."""
+    """Register `search`, `study`, `pareto` and `export`."""
     search = commands.add_parser("search", help="run a Ray Tune + Optuna search described by a YAML config")
     search.add_argument("config", help="experiment config (YAML), e.g. configs/quickstart.yaml")
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -28,6 +28,20 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     search.add_argument("--resume", action="store_true", help="continue the latest search of this config")
     search.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: the cluster `ray start` began "
                         "on this machine, else an embedded one)")  # fmt: skip
+
+    study = commands.add_parser("study", help="train a fixed grid: granularity, mapping or baselines")
+    study.add_argument("kind", choices=("granularity", "mapping", "baselines"),
+                       help="granularity: SynExp densities as weight, filter and channel pruning; "
+                       "mapping: the fit, gp and internal channel-mapping variants; "
+                       "baselines: every allocator of space.allocators")  # fmt: skip
+    study.add_argument("config", help="experiment config (YAML): model, data, recipe ranges, resources")
+    study.add_argument("--budgets", type=_budgets, default=(0.5,), metavar="B[,B...]",
+                       help="budgets (fractions of space.budget_metric) to study, default 0.5")  # fmt: skip
+    study.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    study.add_argument("--out", help="also write study.csv, study.md and study.png to this folder")
+    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override one config value (repeatable)")  # fmt: skip
+    study.add_argument("--address", help="Ray cluster, as for `precrop search`")
 
     pareto = commands.add_parser("pareto", help="recompute a search's Pareto front from MLflow")
     pareto.add_argument("--experiment", required=True, help="MLflow experiment name")
@@ -43,6 +57,16 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     export.add_argument("-o", "--output", help="file to write (default: RUNID-ARCH.onnx|.pt)")
     export.add_argument("--register", metavar="NAME", help="also register it in the MLflow Model Registry")
     export.add_argument("--alias", default="candidate", help="alias for the registered version")
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one budget")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +89,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
         return run_search(load_config(args.config, overrides), resume=args.resume)
+    if args.command == "study":
+        from search.config import load_config
+        from search.driver import run_search
+        from search.study import make_study
+
+        overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+        config = load_config(args.config, overrides)
+        study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)
+        return run_search(config, study=study)
     if args.command == "pareto":
         from search.summary import run_pareto
 

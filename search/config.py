@@ -49,6 +49,7 @@ class DataConfig:
     val_fraction: float = 0.1
     image_size: int | None = None
     resident: str = "auto"
+    train_subset: int | None = None  # train on this many images only (stratified): quick, reduced runs
 
 
 @dataclass(frozen=True)
@@ -286,8 +287,8 @@ def _parse_scalar(kind: type, value: Any, path: str) -> Any:
 
 def validate(config: ExperimentConfig) -> None:
     """Range checks that parsing cannot do; ConfigError names the key."""
-    from precrop.allocate import ALLOCATORS
     from precrop.mapping import VARIANTS
+    from precrop.methods import METHODS
     from precrop.zoo import REGISTRY
     from trainers.datasets import dataset_names
     from trainers.recipe import SCHEDULES
@@ -297,7 +298,9 @@ def validate(config: ExperimentConfig) -> None:
     _choice("data.name", config.data.name, dataset_names())
     _require(0 < config.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     _choice("data.resident", config.data.resident, ("auto", "yes", "no"))
-    _validate_space(config.space, sorted(ALLOCATORS), VARIANTS, SCHEDULES)
+    subset = config.data.train_subset
+    _require(subset is None or subset >= 1, "data.train_subset", "must be a positive number of images")
+    _validate_space(config.space, list(METHODS), VARIANTS, SCHEDULES)
     _choice("objectives.cost", config.objectives.cost, COST_OBJECTIVES)
     _require(config.objectives.latency_batch >= 1, "objectives.latency_batch", "must be at least 1")
     search = config.search

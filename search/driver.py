@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from search.config import ConfigError, ExperimentConfig, storage_path_of, tracking_uri_of
+from search.study import Study
 
 SEARCH_TAG = "precrop.search"
+STUDY_TAG = "precrop.study"
 CONFIG_TAG = "precrop.config"
 CONFIG_NAME_TAG = "precrop.config_name"
 # keys that may differ between the original run and a resume
@@ -36,8 +38,12 @@ class SearchHandle:
     tracking_uri: str
 
 
-def run_search(config: ExperimentConfig, resume: bool = False) -> int:
-    """Run (or resume) the search `config` describes; print the front; return the exit code."""
+def run_search(config: ExperimentConfig, resume: bool = False, study: Study | None = None) -> int:
+    """Run (or resume) the search `config` describes; print the front; return the exit code.
+
+    With `study`, the trials are that study's fixed grid instead of a search (see search/study.py),
+    and the end prints the study's table instead of the front.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -46,16 +52,21 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> int:
     from search import tracking
 
     started = time.perf_counter()
-    preflight(config)
+    preflight(config, study)
     uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
     client = tracking.client_for(uri)
     experiment = tracking.experiment_id(client, config.experiment_name)
-    handle = _resume_handle(client, config, experiment, uri) if resume else _new_handle(client, config, experiment, uri)
-    print(f"search {handle.name}: {config.search.trials} trials of {config.model.arch} on {config.data.name}; "
+    if resume:
+        handle = _resume_handle(client, config, experiment, uri)
+    else:
+        handle = _new_handle(client, config, experiment, uri, study)
+    trials = study.trials if study else config.search.trials
+    what = f"{study.kind} study" if study else "search"
+    print(f"{what} {handle.name}: {trials} trials of {config.model.arch} on {config.data.name}; "
           f"MLflow experiment {config.experiment_name!r} (parent run {handle.parent_run_id})", flush=True)  # fmt: skip
     status = "FAILED"
     try:
-        _run_tuner(config, handle, resume)
+        _run_tuner(config, handle, resume, study)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -65,19 +76,23 @@ def run_search(config: ExperimentConfig, resume: bool = False) -> int:
         _close_leftover_runs(client, handle, status)
         if status != "FINISHED":
             client.set_terminated(handle.parent_run_id, status=status)
-    from search.summary import summarize
+    from search.summary import summarize, summarize_study
 
-    summarize(client, config, handle)
+    if study is None:
+        summarize(client, config, handle)
+    else:
+        summarize_study(client, config, handle, study)
     client.set_terminated(handle.parent_run_id, status="FINISHED")
     print(f"search took {time.perf_counter() - started:.0f} s")
     print_ui_hint(handle)
     return 0
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """Fail fast, before Ray starts: the data must load and every allocator must meet the budget range."""
-    from precrop.allocate import ALLOCATORS
+def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
+    """Fail fast, before Ray starts: the data must load and every allocator must meet the budget range
+    (or, for a study, every cell of its grid)."""
     from precrop.build import layer_table
+    from precrop.methods import check_feasible
     from search.space import TrialPoint
     from trainers.datasets import DataRequest, load_dataset
 
@@ -88,24 +103,30 @@ def preflight(config: ExperimentConfig) -> None:
     loaded = load_dataset(request)
     table = layer_table(config.model.arch, loaded.num_classes, loaded.image_shape[1])
     space = config.space
-    for allocator in space.allocators:
-        for budget in space.budget:
-            point = TrialPoint(allocator, budget, space.lr[0], space.weight_decay[0], space.label_smoothing[0], 1)
-            try:
-                ALLOCATORS[allocator]().allocate(table, point.allocation_request(space))
-            except Exception as exc:
-                raise ConfigError(f"space.budget: {allocator} cannot allocate at {budget}: {exc}") from exc
+    cells = study.points() if study else [(a, "", b) for a in space.allocators for b in space.budget]
+    for allocator, variant, budget in cells:
+        point = TrialPoint(allocator, budget, space.lr[0], space.weight_decay[0], space.label_smoothing[0], 1,
+                           variant=variant or None)  # fmt: skip
+        try:
+            check_feasible(allocator, table, point.allocation_request(space))
+        except Exception as exc:
+            raise ConfigError(f"space.budget: {allocator} cannot allocate at {budget}: {exc}") from exc
 
 
-def _new_handle(client: Any, config: ExperimentConfig, experiment: str, uri: str) -> SearchHandle:
+def _new_handle(
+    client: Any, config: ExperimentConfig, experiment: str, uri: str, study: Study | None = None
+) -> SearchHandle:
     from search import tracking
 
-    name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    kind = f"-{study.kind}" if study else ""
+    name = f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     path = _storage_root(config) + "/" + name
     params = {**tracking.flatten(config.to_dict()), "search_dir": path}
     parent = tracking.start_parent_run(client, experiment, name, params)
     tags = {SEARCH_TAG: name, CONFIG_NAME_TAG: config.name, CONFIG_TAG: json.dumps(config.to_dict()),
             "precrop.search_dir": path}  # fmt: skip
+    if study:
+        tags[STUDY_TAG] = study.kind
     tracking.set_tags(client, parent, tags)
     return SearchHandle(name, path, experiment, parent, uri)
 
@@ -145,7 +166,7 @@ def _storage_root(config: ExperimentConfig) -> str:
     return str(Path(root).expanduser().resolve())
 
 
-def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool) -> None:
+def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool, study: Study | None = None) -> None:
     import ray
     from ray import tune
 
@@ -159,9 +180,22 @@ def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool) -> 
         resources = _trial_resources(config, embedded)
         setup = TrialSetup(config, handle.tracking_uri, handle.experiment_id, handle.parent_run_id, resources["cpu"])
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+        trials = study.trials if study else config.search.trials
         progress = ProgressAndRunCloser(handle.tracking_uri, handle.experiment_id, handle.parent_run_id,
-                                        config.search.trials, config.objectives.cost)  # fmt: skip
-        if resume:
+                                        trials, config.objectives.cost)  # fmt: skip
+        run_config = tune.RunConfig(
+            name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=[progress],
+            failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        )  # fmt: skip
+        if study:
+            from search.study import study_space
+
+            # a grid, every cell trained to the end: no searcher, no early stopping
+            tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=config.search.concurrency)
+            tuner = tune.Tuner(trainable, param_space=study_space(config, study), tune_config=tune_config,
+                               run_config=run_config)  # fmt: skip
+        elif resume:
             # the run config, callbacks included, comes back from the Tuner's own saved state
             tuner = tune.Tuner.restore(handle.path, trainable=trainable, resume_errored=True)
         else:
@@ -174,11 +208,7 @@ def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool) -> 
                     search_alg=searcher, scheduler=_scheduler(config), num_samples=config.search.trials,
                     max_concurrent_trials=config.search.concurrency,
                 ),
-                run_config=tune.RunConfig(
-                    name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=[progress],
-                    failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                ),
+                run_config=run_config,
             )  # fmt: skip
         tuner.fit()
     finally:

@@ -47,6 +47,9 @@ class TrialPoint:
     weight_decay: float
     label_smoothing: float
     batch_size: int
+    # set per trial by studies (a grid over variants or seeds); None means the config's value
+    variant: str | None = None
+    seed: int | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrialPoint:
@@ -58,6 +61,8 @@ class TrialPoint:
             weight_decay=float(config["weight_decay"]),
             label_smoothing=float(config["label_smoothing"]),
             batch_size=int(config["batch_size"]),
+            variant=None if config.get("variant") is None else str(config["variant"]),
+            seed=None if config.get("seed") is None else int(config["seed"]),
         )
 
     def allocation_request(self, space: SpaceConfig) -> AllocationRequest:
@@ -67,7 +72,7 @@ class TrialPoint:
         return AllocationRequest(
             params=params,
             macs=macs,
-            variant=space.variant,
+            variant=self.variant or space.variant,
             divisor=space.divisor,
             min_width=space.min_width,
             expand=space.expand,

@@ -53,6 +53,29 @@ def summarize(client: Any, config: ExperimentConfig, handle: Any) -> list[TrialR
     return front
 
 
+def summarize_study(client: Any, config: ExperimentConfig, handle: Any, study: Any) -> None:
+    """A study's end: test accuracy of every completed cell, then its table, CSV and plot (logged,
+    printed, and written to the study's `out_dir` when it has one)."""
+    from search.study import cell_from_run, write_outputs
+
+    runs = tracking.trial_runs(client, handle.experiment_id, handle.parent_run_id)
+    completed = [r for r in (record_from_run(run) for run in runs) if r.completed]
+    tested = {r.run_id: r.test_acc for r in _with_test_accuracy(client, config, completed)}
+    cells = [dataclasses.replace(cell_from_run(run, study), test_acc=tested.get(run.info.run_id))
+             for run in runs if run.info.run_id in tested]  # fmt: skip
+    title = f"{handle.name}: {config.model.arch} on {config.data.name}, {config.space.epochs} epochs"
+    with tempfile.TemporaryDirectory() as tmp:
+        table = write_outputs(Path(tmp), cells, study, title)
+        client.log_artifacts(handle.parent_run_id, tmp)
+    if study.out_dir:
+        write_outputs(Path(study.out_dir), cells, study, title)
+    print()
+    print(f"{len(cells)} of {study.trials} cells trained to the end ({study.kind} study):")
+    print(table)
+    if study.out_dir:
+        print(f"wrote study.csv, study.md and study.png to {study.out_dir}")
+
+
 def _with_test_accuracy(client: Any, config: ExperimentConfig, front: list[TrialRecord]) -> list[TrialRecord]:
     """Evaluate each front member's final weights on the test split and log `test_acc` to its run."""
     from search.models import load_run_model

@@ -22,15 +22,18 @@ import torch
 from mlflow import MlflowClient
 from ray import tune
 
-from precrop.allocate import ALLOCATORS
+from precrop.allocate import dense_plan
 from precrop.allocate_cli import render_plan
 from precrop.build import build_from_plan, layer_table
 from precrop.costmodel import LayerTable
+from precrop.masks import Probe, apply_masks
+from precrop.methods import method, realize
 from precrop.plan import WidthPlan
 from search import tracking
 from search.config import ExperimentConfig
 from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY
 from search.space import TrialPoint
+from trainers.batches import probe_batches
 from trainers.checkpoint import load_train_state, save_model, save_train_state
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
@@ -41,6 +44,9 @@ NODE_TAG = "precrop.node_id"
 HOST_TAG = "precrop.host"
 DEVICE_TAG = "precrop.device"
 ATTEMPTS_TAG = "precrop.attempts"
+# what data-driven methods (SNIP, GraSP, PFS, PruneNet) look at: a few augmented training batches
+PROBE_BATCHES = 8
+PROBE_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -109,14 +115,13 @@ class _Trial:
 
     def run(self, resume: Resume | None, fresh: bool) -> None:
         data = self._load_data()
-        table, plan = self._allocate(data)
-        model = build_from_plan(plan, seed=self.config.search.seed)
+        table, plan, model = self._allocate(data)
         latency = resume.latency_ms if resume else self._latency(model, plan)
-        costs = {"macs": float(plan.counted.macs), "params": float(plan.counted.params), "latency_ms": latency}
+        costs = {"macs": float(plan.effective.macs), "params": float(plan.effective.params), "latency_ms": latency}
         if fresh:
             self._log_setup(plan, render_plan(plan, table), costs)
         workers = max(0, int(self.setup.cpus) - 1)
-        trainer = Trainer(model, data, self.point.train_config(self.config.space, self.config.search.seed, workers))
+        trainer = Trainer(model, data, self.point.train_config(self.config.space, self.seed, workers))
         if resume is not None:
             trainer.load_state(resume.state)
         self._tag_placement(str(trainer.device))
@@ -156,14 +161,34 @@ class _Trial:
         data = self.config.data
         request = DataRequest(
             data.name, data_dir=data.data_dir, val_fraction=data.val_fraction, seed=self.config.search.seed,
-            image_size=data.image_size, resident=data.resident, download=data.download,
+            image_size=data.image_size, resident=data.resident, download=data.download, train_subset=data.train_subset,
         )  # fmt: skip
         return load_dataset(request)
 
-    def _allocate(self, data: DataSet) -> tuple[LayerTable, WidthPlan]:
+    @property
+    def seed(self) -> int:
+        """The point's own seed (studies repeat a point over seeds), else the search's."""
+        return self.point.seed if self.point.seed is not None else self.config.search.seed
+
+    def _allocate(self, data: DataSet) -> tuple[LayerTable, WidthPlan, torch.nn.Module]:
+        """The plan and the model to train: built at the plan's widths, or the dense one with its masks.
+
+        Mask methods score the very model that is trained (its seeded initialization), so a retried
+        trial recomputes the same masks before its checkpoint is loaded.
+        """
         table = layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
-        allocator = ALLOCATORS[self.point.allocator]()
-        return table, allocator.allocate(table, self.point.allocation_request(self.config.space))
+        spec = method(self.point.allocator)
+        request = self.point.allocation_request(self.config.space)
+        if not spec.needs_model:
+            plan = realize(spec.name, table, request, None).plan
+            return table, plan, build_from_plan(plan, seed=self.seed)
+        dense = build_from_plan(dense_plan(table), seed=self.seed)
+        batches = probe_batches(data, PROBE_BATCHES, PROBE_BATCH_SIZE, self.seed) if spec.needs_data else ()
+        result = realize(spec.name, table, request, Probe(dense, batches, self.seed))
+        if not spec.masks:
+            return table, result.plan, build_from_plan(result.plan, seed=self.seed)
+        apply_masks(dense, result.masks)
+        return table, result.plan, dense
 
     def _latency(self, model: torch.nn.Module, plan: WidthPlan) -> float:
         """Median CPU latency (ms) at the configured batch size; the weights do not matter for it."""
@@ -173,18 +198,21 @@ class _Trial:
     def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
         """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""
         space = self.config.space
-        recipe = self.point.train_config(space, self.config.search.seed, 0).to_dict()
+        recipe = self.point.train_config(space, self.seed, 0).to_dict()
         params = {
             "arch": self.config.model.arch, "dataset": self.config.data.name, "allocator": self.point.allocator,
             "budget": self.point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
-            "variant": space.variant, "divisor": space.divisor, "min_width": space.min_width,
+            "variant": self.point.variant or space.variant, "divisor": space.divisor, "min_width": space.min_width,
+            "seed": self.seed, "granularity": plan.granularity,
             "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
         }  # fmt: skip
         tracking.log_params(self.client, self.run_id, params)
         base = plan.base
         fractions = {
-            "macs_fraction": plan.counted.macs / base.macs,
-            "params_fraction": plan.counted.params / base.params,
+            "macs_fraction": plan.effective.macs / base.macs,
+            "params_fraction": plan.effective.params / base.params,
+            # what the model executes: masked models keep the dense shapes (and the dense latency)
+            "dense_macs": float(plan.counted.macs),
         }
         tracking.log_metrics(self.client, self.run_id, {**costs, **fractions}, step=0)
         tracking.set_tags(self.client, self.run_id, {"precrop.allocator": self.point.allocator})

@@ -156,3 +156,10 @@ def make_batches(
     if isinstance(split, TensorSplit):
         return ResidentBatches(split, data, device, batch_size, channels_last)
     return FileBatches(split, data, device, batch_size, channels_last, workers)
+
+
+def probe_batches(data: DataSet, count: int, batch_size: int, seed: int) -> tuple[Batch, ...]:
+    """`count` augmented, normalized training batches on the CPU: what data-driven pruning methods score."""
+    source = make_batches(data.train, data, torch.device("cpu"), batch_size, channels_last=False, workers=0)
+    batches = source.train_epoch(torch.Generator().manual_seed(seed))
+    return tuple((x.contiguous(), y) for _, (x, y) in zip(range(count), batches, strict=False))

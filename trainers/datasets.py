@@ -115,9 +115,12 @@ class DataRequest:
     with_test: bool = False
     image_size: int | None = None
     resident: str = "auto"
+    train_subset: int | None = None  # keep only this many training images (stratified): reduced schedules
 
     def validate(self) -> None:
         """Raise DataError naming a bad option."""
+        if self.train_subset is not None and self.train_subset < 1:
+            raise DataError(f"train_subset must be a positive number of images, got {self.train_subset}")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.resident not in ("auto", "yes", "no"):
@@ -176,7 +179,12 @@ def load_dataset(request: DataRequest) -> DataSet:
     _import_builtin_loaders()
     if request.name not in LOADERS:
         raise DataError(f"unknown data set {request.name!r}; valid: {', '.join(sorted(LOADERS))}")
-    return LOADERS[request.name](request)
+    data = LOADERS[request.name](request)
+    if request.train_subset is not None and request.train_subset < len(data.train):
+        labels = split_labels(data.train)
+        _, kept = stratified_split(labels, request.train_subset / len(labels), request.seed + 1)
+        data = replace(data, train=data.train.subset(kept))
+    return data
 
 
 def dataset_names() -> list[str]:

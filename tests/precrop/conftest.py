@@ -1,14 +1,30 @@
-"""Shared fixtures: traced layer tables are cached per session (tracing takes about a second)."""
+"""Shared helpers: traced layer tables cached per session (tracing takes about a second), and probes."""
 
 from __future__ import annotations
 
 from functools import cache
 
-from precrop.build import layer_table
+import torch
+
+from precrop.allocate import dense_plan
+from precrop.build import build_from_plan, layer_table
 from precrop.costmodel import LayerTable
+from precrop.masks import Probe
 
 
 @cache
 def cached_table(arch: str) -> LayerTable:
     """The dense layer table of `arch` at its default classes and input size."""
     return layer_table(arch)
+
+
+def make_probe(arch: str, seed: int = 0, batches: int = 2, batch: int = 8) -> Probe:
+    """The seeded dense model of `arch` and a few synthetic labelled batches."""
+    table = cached_table(arch)
+    generator = torch.Generator().manual_seed(100 + seed)
+    data = tuple(
+        (torch.randn(batch, *table.input_shape, generator=generator),
+         torch.randint(0, table.num_classes, (batch,), generator=generator))
+        for _ in range(batches)
+    )  # fmt: skip
+    return Probe(build_from_plan(dense_plan(table), seed=seed), data, seed)

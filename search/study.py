@@ -1,0 +1,219 @@
+"""Studies: fixed grids of trials that check the method's claims, run and logged exactly like a search.
+
+- `granularity`: SynExp's density vector at one budget, realized three ways on the same architecture:
+  random weight masks (`synexp_weight`), random whole-filter masks (`synexp_filter`) and channel
+  widths (`synexp`, PreCrop). The paper's claim is that SynExp does not depend on the granularity.
+- `mapping`: the three channel-mapping variants of SynExp (`fit`, `gp`, `internal`) at the same budgets.
+- `baselines`: every allocator of the config's `space.allocators` at the same budgets: PreCrop against
+  uniform scaling, SynFlow, SNIP, GraSP, random, ERK, PFS and PruneNet on equal terms.
+
+Every cell of the grid is trained with the same recipe (the midpoint of each searched range: geometric
+for lr and weight decay) and the same seeds, so only the studied dimension differs. The result table
+(mean and spread over seeds) is printed, logged to the parent MLflow run (study.csv, study.md,
+study.png) and optionally written to a folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from precrop.textui import format_table
+from search.config import ConfigError, ExperimentConfig
+
+GRANULARITY = ("synexp_weight", "synexp_filter", "synexp")
+GRANULARITY_LABELS = {"synexp_weight": "weight", "synexp_filter": "filter", "synexp": "channel"}
+MAPPING_VARIANTS = ("fit", "gp", "internal")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A grid: `dimension` ("allocator" or "variant") over `values`, crossed with budgets and seeds."""
+
+    kind: str
+    dimension: str
+    values: tuple[str, ...]
+    budgets: tuple[float, ...]
+    seeds: tuple[int, ...]
+    out_dir: str | None = None  # where to write study.csv/md/png besides MLflow
+
+    @property
+    def trials(self) -> int:
+        """Cells in the grid."""
+        return len(self.values) * len(self.budgets) * len(self.seeds)
+
+    def points(self) -> list[tuple[str, str, float]]:
+        """(allocator, variant or "", budget) of every cell, seeds aside: what preflight checks."""
+        allocators = self.values if self.dimension == "allocator" else ("synexp",)
+        variants = self.values if self.dimension == "variant" else ("",)
+        return [(a, v, b) for a in allocators for v in variants for b in self.budgets]
+
+
+def make_study(
+    kind: str, budgets: Sequence[float], seeds: int, out_dir: str | None = None, allocators: Sequence[str] = ()
+) -> Study:
+    """The study `kind` at these budgets, over seeds 0..seeds-1 (`allocators`: the baselines compared)."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if not budgets:
+        raise ConfigError("give at least one budget")
+    if kind == "granularity":
+        return Study(kind, "allocator", GRANULARITY, tuple(budgets), tuple(range(seeds)), out_dir)
+    if kind == "baselines":
+        return Study(kind, "allocator", tuple(allocators), tuple(budgets), tuple(range(seeds)), out_dir)
+    if kind == "mapping":
+        return Study(kind, "variant", MAPPING_VARIANTS, tuple(budgets), tuple(range(seeds)), out_dir)
+    raise ConfigError(f"unknown study {kind!r}; choose granularity, mapping or baselines")
+
+
+def study_space(config: ExperimentConfig, study: Study) -> dict[str, Any]:
+    """Tune's param space: the fixed recipe plus grid searches over the studied values, budgets, seeds."""
+    from ray import tune
+
+    space = config.space
+    point: dict[str, Any] = {
+        "allocator": "synexp",
+        "lr": _geometric_mid(space.lr),
+        "weight_decay": _geometric_mid(space.weight_decay),
+        "label_smoothing": sum(space.label_smoothing) / 2,
+        "batch_size": space.batch_size[0],
+        "budget": tune.grid_search(list(study.budgets)),
+        "seed": tune.grid_search(list(study.seeds)),
+    }
+    point[study.dimension] = tune.grid_search(list(study.values))
+    return point
+
+
+def _geometric_mid(bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    return math.sqrt(low * high) if low > 0 else (low + high) / 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained cell of a study, as read back from its MLflow run."""
+
+    value: str
+    budget: float
+    seed: int
+    val_acc: float | None
+    test_acc: float | None
+    macs_fraction: float
+    params_fraction: float
+    latency_ms: float
+
+
+def cell_from_run(run: Any, study: Study) -> Cell:
+    """A Cell from the trial's MLflow run (params, final metrics)."""
+    params, metrics = run.data.params, run.data.metrics
+    return Cell(
+        value=params[study.dimension],
+        budget=float(params["budget"]),
+        seed=int(params["seed"]),
+        val_acc=metrics.get("final_val_acc"),
+        test_acc=metrics.get("test_acc"),
+        macs_fraction=float(metrics["macs_fraction"]),
+        params_fraction=float(metrics["params_fraction"]),
+        latency_ms=float(metrics["latency_ms"]),
+    )
+
+
+def summary_rows(cells: Sequence[Cell], study: Study) -> tuple[list[str], list[list[Any]]]:
+    """One row per (value, budget): cost fractions, latency, and accuracy mean +- stdev over seeds."""
+    label = {"granularity": "granularity", "mapping": "variant"}.get(study.kind, "allocator")
+    header = [label, "budget", "MACs frac", "params frac", "CPU ms", "seeds", "val acc", "test acc"]
+    rows = []
+    for budget in study.budgets:
+        for value in study.values:
+            group = [c for c in cells if c.value == value and c.budget == budget]
+            if not group:
+                continue
+            rows.append([
+                GRANULARITY_LABELS.get(value, value), f"{budget:g}",
+                f"{statistics.fmean(c.macs_fraction for c in group):.3f}",
+                f"{statistics.fmean(c.params_fraction for c in group):.3f}",
+                f"{statistics.fmean(c.latency_ms for c in group):.2f}",
+                f"{sum(c.val_acc is not None for c in group)}/{len(study.seeds)}",
+                _mean_spread([c.val_acc for c in group]), _mean_spread([c.test_acc for c in group]),
+            ])  # fmt: skip
+    return header, rows
+
+
+def _mean_spread(values: Sequence[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    if len(present) == 1:
+        return f"{present[0]:.4f}"
+    return f"{statistics.fmean(present):.4f} +- {statistics.stdev(present):.4f}"
+
+
+def to_markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def cells_csv(cells: Sequence[Cell]) -> str:
+    """Every cell (one line per trained trial)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["value", "budget", "seed", "val_acc", "test_acc", "macs_fraction", "params_fraction",
+                     "latency_ms"])  # fmt: skip
+    for c in cells:
+        writer.writerow([c.value, c.budget, c.seed, c.val_acc, c.test_acc, c.macs_fraction, c.params_fraction,
+                         c.latency_ms])  # fmt: skip
+    return buffer.getvalue()
+
+
+def plot_study(cells: Sequence[Cell], study: Study, title: str) -> bytes:
+    """Test (else val) accuracy against the MACs fraction, one series per studied value, seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for index, value in enumerate(study.values):
+        color, label = f"C{index}", GRANULARITY_LABELS.get(value, value)
+        means: list[tuple[float, float]] = []
+        for budget in study.budgets:
+            mine = [c for c in cells if c.value == value and c.budget == budget]
+            points = [(c.macs_fraction, y) for c in mine if (y := _accuracy(c)) is not None]
+            if points:
+                xs, ys = [x for x, _ in points], [y for _, y in points]
+                ax.scatter(xs, ys, s=22, color=color, alpha=0.7, label=label if not means else None)
+                means.append((statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)))
+        if len(means) > 1:
+            ax.plot(*zip(*means, strict=True), color=color, linewidth=1)
+    ax.set_xlabel("MACs (fraction of dense; theoretical for masks)")
+    ax.set_ylabel("accuracy (test where evaluated, else val)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _accuracy(cell: Cell) -> float | None:
+    return cell.test_acc if cell.test_acc is not None else cell.val_acc
+
+
+def write_outputs(folder: Path, cells: Sequence[Cell], study: Study, title: str) -> str:
+    """study.csv, study.md and study.png in `folder`; returns the printed table."""
+    header, rows = summary_rows(cells, study)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study.csv").write_text(cells_csv(cells))
+    (folder / "study.md").write_text(to_markdown(header, rows))
+    (folder / "study.png").write_bytes(plot_study(cells, study, title))
+    return format_table(header, rows)
