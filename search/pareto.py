@@ -119,14 +119,12 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], cos
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"synexp": "o", "uniform": "s", "dense": "D"}
-    colors = {"synexp": "tab:blue", "uniform": "tab:orange", "dense": "tab:green"}
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for allocator in sorted({r.allocator for r in records}):
+    for allocator in sorted({r.allocator for r in records}, key=_method_order):
         mine = [r for r in records if r.allocator == allocator and r.cost(cost) is not None and r.val_acc is not None]
         done = [r for r in mine if r.completed]
         other = [r for r in mine if not r.completed]
-        marker, color = markers.get(allocator, "^"), colors.get(allocator, "tab:purple")
+        marker, color = _style(allocator)
         if done:
             axes.scatter(*_xy(done, cost), marker=marker, color=color,
                          label=f"{allocator} (trained to the end)", alpha=0.8)  # fmt: skip
@@ -151,6 +149,22 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], cos
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+# one colour and marker per method, fixed across plots: width methods filled shapes, mask methods others
+METHOD_ORDER = ("synexp", "uniform", "pfs", "prunenet", "synflow", "snip", "grasp", "random", "erk",
+                "synexp_weight", "synexp_filter", "dense")  # fmt: skip
+MARKERS = ("o", "s", "D", "p", "^", "v", "<", ">", "X", "P", "*", "d")
+
+
+def _method_order(allocator: str) -> int:
+    return METHOD_ORDER.index(allocator) if allocator in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _style(allocator: str) -> tuple[str, str]:
+    """(marker, colour) of a method; unknown names share the last style."""
+    index = min(_method_order(allocator), len(MARKERS) - 1)
+    return MARKERS[index], f"C{index % 10}" if index < 10 else "tab:olive"
 
 
 def front_tag_updates(records: Sequence[TrialRecord], front: Sequence[TrialRecord]) -> dict[str, str]:
