@@ -110,7 +110,8 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
         try:
             check_feasible(allocator, table, point.allocation_request(space))
         except Exception as exc:
-            raise ConfigError(f"space.budget: {allocator} cannot allocate at {budget}: {exc}") from exc
+            key = "--budgets" if study else "space.budget"
+            raise ConfigError(f"{key}: {allocator} cannot allocate at {budget}: {exc}") from exc
 
 
 def _new_handle(
