@@ -135,7 +135,7 @@ def summary_rows(cells: Sequence[Cell], study: Study) -> tuple[list[str], list[l
             if not group:
                 continue
             rows.append([
-                GRANULARITY_LABELS.get(value, value), f"{budget:g}",
+                _label(study, value), f"{budget:g}",
                 f"{statistics.fmean(c.macs_fraction for c in group):.3f}",
                 f"{statistics.fmean(c.params_fraction for c in group):.3f}",
                 f"{statistics.fmean(c.latency_ms for c in group):.2f}",
@@ -143,6 +143,11 @@ def summary_rows(cells: Sequence[Cell], study: Study) -> tuple[list[str], list[l
                 _mean_spread([c.val_acc for c in group]), _mean_spread([c.test_acc for c in group]),
             ])  # fmt: skip
     return header, rows
+
+
+def _label(study: Study, value: str) -> str:
+    """How a value is shown: weight/filter/channel in the granularity study, its own name elsewhere."""
+    return GRANULARITY_LABELS.get(value, value) if study.kind == "granularity" else value
 
 
 def _mean_spread(values: Sequence[float | None]) -> str:
@@ -182,7 +187,7 @@ def plot_study(cells: Sequence[Cell], study: Study, title: str) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for index, value in enumerate(study.values):
-        color, label = f"C{index}", GRANULARITY_LABELS.get(value, value)
+        color, label = f"C{index}", _label(study, value)
         means: list[tuple[float, float]] = []
         for budget in study.budgets:
             mine = [c for c in cells if c.value == value and c.budget == budget]

@@ -46,6 +46,8 @@ def test_summary_rows_average_over_seeds() -> None:
     assert set(by_label) == {"channel", "weight"}
     assert by_label["channel"][4:] == ["2.00", "2/2", "0.5500 +- 0.0707", "0.5000 +- 0.0283"]
     assert by_label["weight"][5:] == ["1/2", "0.4000", "-"]
+    baselines = make_study("baselines", [0.3], 2, allocators=["synexp", "synexp_weight"])
+    assert sorted(row[0] for row in summary_rows(cells, baselines)[1]) == ["synexp", "synexp_weight"]
 
 
 def _tiny_study_config(allocators: list[str]) -> dict[str, Any]:
