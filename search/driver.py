@@ -111,7 +111,8 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
             check_feasible(allocator, table, point.allocation_request(space))
         except Exception as exc:
             key = "--budgets" if study else "space.budget"
-            raise ConfigError(f"{key}: {allocator} cannot allocate at {budget}: {exc}") from exc
+            method = f"{allocator} ({variant} mapping)" if variant else allocator
+            raise ConfigError(f"{key}: {method} cannot allocate at {budget}: {exc}") from exc
 
 
 def _new_handle(

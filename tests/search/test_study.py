@@ -109,3 +109,14 @@ def test_baselines_study_runs_every_kind_of_method(tmp_path: Path) -> None:
         assert child.data.metrics["macs_fraction"] <= 0.4
         masked = child.data.params["granularity"] != "channel"
         assert (child.data.metrics["dense_macs"] > child.data.metrics["macs"]) == masked
+
+
+def test_a_cell_that_cannot_meet_its_budget_stops_the_study_before_it_starts(tmp_path: Path) -> None:
+    write_config(tmp_path, _tiny_study_config(["synexp"]), "tiny.yaml")
+    out = run_precrop(tmp_path, "study", "mapping", "tiny.yaml", "--budgets", "0.3", timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "precrop: error: --budgets: synexp (internal mapping) cannot allocate at 0.3: "
+        "channel mapping program status: infeasible"
+    ]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
