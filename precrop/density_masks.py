@@ -136,33 +136,43 @@ def _weight_shape(layer: Layer, widths: Mapping[str, int]) -> tuple[int, ...]:
     return (n_out, layer.weight_count(widths) // (n_out * layer.kernel_area), *layer.kernel)
 
 
-class RandomPruner:
+class _ScaledDensityPruner:
+    """Random weights kept at densities min(1, s x shape(layer)), the scale s fitted to the budget."""
+
+    name = ""
+
+    def shape(self, table: LayerTable) -> Callable[[Layer], float]:
+        """The per-layer density shape this method scales."""
+        raise NotImplementedError
+
+    def prune(self, table: LayerTable, request: AllocationRequest, probe: Probe) -> MaskResult:
+        """Masks for `request` on `table`; the probe supplies only the seed."""
+        started = time.perf_counter()
+        budgets = check_mask_request(table, request)
+        densities = scaled_densities(table, budgets, self.shape(table))
+        return masked_plan(table, request, self.name, random_weight_masks(table, densities, probe.seed), "weight",
+                           started, "bisection")  # fmt: skip
+
+
+class RandomPruner(_ScaledDensityPruner):
     """`random`: the same density in every layer (scaled to the budget), random weights kept."""
 
     name = "random"
 
-    def prune(self, table: LayerTable, request: AllocationRequest, probe: Probe) -> MaskResult:
-        """Masks for `request` on `table`; the probe supplies only the seed."""
-        started = time.perf_counter()
-        budgets = check_mask_request(table, request)
-        densities = scaled_densities(table, budgets, lambda layer: 1.0)
-        return masked_plan(table, request, self.name, random_weight_masks(table, densities, probe.seed), "weight",
-                           started, "bisection")  # fmt: skip
+    def shape(self, table: LayerTable) -> Callable[[Layer], float]:
+        """Every layer alike."""
+        return lambda layer: 1.0
 
 
-class ErkPruner:
+class ErkPruner(_ScaledDensityPruner):
     """`erk`: Erdos-Renyi-Kernel densities scaled to the budget, random weights kept."""
 
     name = "erk"
 
-    def prune(self, table: LayerTable, request: AllocationRequest, probe: Probe) -> MaskResult:
-        """Masks for `request` on `table`; the probe supplies only the seed."""
-        started = time.perf_counter()
-        budgets = check_mask_request(table, request)
+    def shape(self, table: LayerTable) -> Callable[[Layer], float]:
+        """ERK's raw density at the base widths."""
         widths = table.base_widths
-        densities = scaled_densities(table, budgets, lambda layer: erk_shape(layer, widths))
-        return masked_plan(table, request, self.name, random_weight_masks(table, densities, probe.seed), "weight",
-                           started, "bisection")  # fmt: skip
+        return lambda layer: erk_shape(layer, widths)
 
 
 class SynExpWeightPruner:

@@ -49,12 +49,20 @@ def prunable_layers(table: LayerTable) -> list[Layer]:
     return [layer for layer in table.layers if layer.kind != "channel_pad" and layer.weight_count(table.base_widths)]
 
 
+def full_weight_cost(table: LayerTable) -> dict[str, float]:
+    """Cost of all prunable weights: params (one each) and MACs (`positions` each)."""
+    layers = prunable_layers(table)
+    widths = table.base_widths
+    return {
+        "params": float(sum(x.weight_count(widths) for x in layers)),
+        "macs": float(sum(x.macs(widths) for x in layers)),
+    }
+
+
 def weight_budgets(table: LayerTable, request: AllocationRequest) -> dict[str, float]:
     """Per budgeted metric, what the kept weights may cost (the budget minus biases, norms, fixed parts)."""
     base = table.cost()
-    layers = prunable_layers(table)
-    widths = table.base_widths
-    weight_cost = {"params": sum(x.weight_count(widths) for x in layers), "macs": sum(x.macs(widths) for x in layers)}
+    weight_cost = full_weight_cost(table)
     return {m: getattr(request, m) * getattr(base, m) - (getattr(base, m) - weight_cost[m]) for m in request.metrics}
 
 

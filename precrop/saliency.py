@@ -32,9 +32,9 @@ from precrop.masks import (
     Masks,
     Probe,
     check_mask_request,
+    full_weight_cost,
     layer_weights,
     masked_plan,
-    prunable_layers,
     select_global,
 )
 
@@ -86,16 +86,6 @@ def synflow_scores(model: nn.Module, table: LayerTable, masks: Mapping[str, torc
     if masks is not None:
         _set_masked(weights, {n: w.detach().clone() for n, w in weights.items()}, masks)
     return _synflow_pass(net, weights, table.input_shape)
-
-
-def full_weight_cost(table: LayerTable) -> dict[str, float]:
-    """Cost of all prunable weights: params (one each) and MACs (`positions` each)."""
-    layers = prunable_layers(table)
-    widths = table.base_widths
-    return {
-        "params": float(sum(x.weight_count(widths) for x in layers)),
-        "macs": float(sum(x.weight_count(widths) * x.positions for x in layers)),
-    }
 
 
 def round_budgets(
