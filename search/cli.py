@@ -20,7 +20,7 @@ from trainers.cli import add_train_command
 
 
 def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
-    """Register `search`, `study`, `pareto` and `export`."""
+    """Register `search`, `study`, `reconcile`, `pareto` and `export`."""
     search = commands.add_parser("search", help="run a Ray Tune + Optuna search described by a YAML config")
     search.add_argument("config", help="experiment config (YAML), e.g. configs/quickstart.yaml")
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -42,6 +42,13 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override one config value (repeatable)")  # fmt: skip
     study.add_argument("--address", help="Ray cluster, as for `precrop search`")
+
+    reconcile = commands.add_parser(
+        "reconcile", help="re-log a search's results from its Tune directory (after MLflow went away)"
+    )
+    reconcile.add_argument("search_dir", help="the search's Tune directory (printed when MLflow went away)")
+    reconcile.add_argument("--tracking-uri", default=None,
+                           help="default: $MLFLOW_TRACKING_URI, else the URI the search used")  # fmt: skip
 
     pareto = commands.add_parser("pareto", help="recompute a search's Pareto front from MLflow")
     pareto.add_argument("--experiment", required=True, help="MLflow experiment name")
@@ -98,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)
         return run_search(config, study=study)
+    if args.command == "reconcile":
+        from search.summary import run_reconcile
+
+        return run_reconcile(args)
     if args.command == "pareto":
         from search.summary import run_pareto
 

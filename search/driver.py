@@ -8,6 +8,7 @@ parent run, so finished trials are not run again and interrupted ones continue t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import ConfigError, ExperimentConfig, storage_path_of, tracking_uri_of
+from search.reconcile import SearchRecord, write_record
 from search.study import Study
 
 SEARCH_TAG = "precrop.search"
@@ -52,40 +54,63 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     from search import tracking
 
     started = time.perf_counter()
+    tracking.bound_http_retries()
     preflight(config, study)
     uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
     client = tracking.client_for(uri)
     experiment = tracking.experiment_id(client, config.experiment_name)
     if resume:
         handle = _resume_handle(client, config, experiment, uri)
-    else:
-        handle = _new_handle(client, config, experiment, uri, study)
+    # Ray is joined (and the resources checked) before a new search opens its parent run: a cluster
+    # that cannot run it leaves nothing behind in MLflow
+    import ray
+
+    embedded = _init_ray(config)
+    try:
+        resources = _trial_resources(config, embedded)
+        if resume:
+            tracking.reopen_run(client, handle.parent_run_id)
+        else:
+            handle = _new_handle(client, config, experiment, uri, study)
+        write_record(SearchRecord(handle.name, handle.path, uri, experiment, handle.parent_run_id, config.to_dict(),
+                                  dataclasses.asdict(study) if study else None))  # fmt: skip
+        _announce(config, handle, study)
+        _run_tuner(config, handle, resources, resume, study, client)
+    finally:
+        ray.shutdown()
+    try:
+        _finish(client, config, handle, study)
+    except tracking.TRACKING_FAILURES as exc:
+        why = tracking.redact_uri(tracking.first_line(exc))
+        raise tracking.TrackingError(
+            f"MLflow at {tracking.redact_uri(uri)} stopped answering ({why}); every trial's results are kept by "
+            f"Tune in {handle.path}: once the server is back, run `precrop reconcile {handle.path}`"
+        ) from exc
+    print(f"search took {time.perf_counter() - started:.0f} s")
+    print_ui_hint(handle)
+    return 0
+
+
+def _announce(config: ExperimentConfig, handle: SearchHandle, study: Study | None) -> None:
     trials = study.trials if study else config.search.trials
     what = f"{study.kind} study" if study else "search"
     print(f"{what} {handle.name}: {trials} trials of {config.model.arch} on {config.data.name}; "
           f"MLflow experiment {config.experiment_name!r} (parent run {handle.parent_run_id})", flush=True)  # fmt: skip
-    status = "FAILED"
-    try:
-        _run_tuner(config, handle, resume, study)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print("interrupted: resume with --resume", file=sys.stderr)
-        raise
-    finally:
-        _close_leftover_runs(client, handle, status)
-        if status != "FINISHED":
-            client.set_terminated(handle.parent_run_id, status=status)
+
+
+def _finish(client: Any, config: ExperimentConfig, handle: SearchHandle, study: Study | None) -> None:
+    """Re-log what trials could not (see search/reconcile.py), then the front (or the study's table)."""
+    from search.reconcile import read_record, reconcile_search
     from search.summary import summarize, summarize_study
 
+    done = reconcile_search(client, read_record(handle.path))
+    if done.runs_created or done.metrics_logged or done.models_logged:
+        print(done.describe(), flush=True)
     if study is None:
         summarize(client, config, handle)
     else:
         summarize_study(client, config, handle, study)
     client.set_terminated(handle.parent_run_id, status="FINISHED")
-    print(f"search took {time.perf_counter() - started:.0f} s")
-    print_ui_hint(handle)
-    return 0
 
 
 def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
@@ -123,9 +148,10 @@ def _new_handle(
     kind = f"-{study.kind}" if study else ""
     name = f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     path = _storage_root(config) + "/" + name
-    params = {**tracking.flatten(config.to_dict()), "search_dir": path}
+    shown = _redacted(config)
+    params = {**tracking.flatten(shown), "search_dir": path}
     parent = tracking.start_parent_run(client, experiment, name, params)
-    tags = {SEARCH_TAG: name, CONFIG_NAME_TAG: config.name, CONFIG_TAG: json.dumps(config.to_dict()),
+    tags = {SEARCH_TAG: name, CONFIG_NAME_TAG: config.name, CONFIG_TAG: json.dumps(shown),
             "precrop.search_dir": path}  # fmt: skip
     if study:
         tags[STUDY_TAG] = study.kind
@@ -144,7 +170,7 @@ def _resume_handle(client: Any, config: ExperimentConfig, experiment: str, uri: 
         raise ConfigError(f"nothing to resume: no search of config {config.name!r} in {uri}")
     parent = runs[0]
     saved = json.loads(parent.data.tags[CONFIG_TAG])
-    mine = config.to_dict()
+    mine = _redacted(config)
     changed = [k for k, v in tracking.flatten(mine).items()
                if k not in RESUME_MAY_DIFFER and tracking.flatten(saved).get(k) != v]  # fmt: skip
     if changed:
@@ -156,9 +182,16 @@ def _resume_handle(client: Any, config: ExperimentConfig, experiment: str, uri: 
 
     if not Tuner.can_restore(path):
         raise ConfigError(f"cannot resume {parent.data.tags[SEARCH_TAG]}: no Tune state in {path}")
-    tracking.reopen_run(client, parent.info.run_id)
     print(f"resuming search {parent.data.tags[SEARCH_TAG]} from {path}", flush=True)
     return SearchHandle(parent.data.tags[SEARCH_TAG], path, experiment, parent.info.run_id, uri)
+
+
+def _redacted(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as logged to MLflow: any password in a URI masked."""
+    from search.tracking import redact_uri
+
+    redacted: dict[str, Any] = json.loads(redact_uri(json.dumps(config.to_dict())))
+    return redacted
 
 
 def _storage_root(config: ExperimentConfig) -> str:
@@ -168,8 +201,33 @@ def _storage_root(config: ExperimentConfig) -> str:
     return str(Path(root).expanduser().resolve())
 
 
-def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool, study: Study | None = None) -> None:
-    import ray
+def _run_tuner(
+    config: ExperimentConfig, handle: SearchHandle, resources: dict[str, float], resume: bool, study: Study | None,
+    client: Any,
+) -> None:  # fmt: skip
+    """Run the trials; if the driver dies (Ctrl-C, an error), no run is left RUNNING."""
+    from search import tracking
+
+    status = "FAILED"
+    try:
+        _fit(config, handle, resources, resume, study)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: resume with --resume", file=sys.stderr)
+        raise
+    finally:
+        if status != "FINISHED":
+            try:
+                _close_leftover_runs(client, handle, status)
+                client.set_terminated(handle.parent_run_id, status=status)
+            except tracking.TRACKING_FAILURES as exc:
+                print(f"warning: could not end the MLflow runs: {tracking.first_line(exc)}", file=sys.stderr)
+
+
+def _fit(
+    config: ExperimentConfig, handle: SearchHandle, resources: dict[str, float], resume: bool, study: Study | None
+) -> None:
     from ray import tune
 
     from search.progress import ProgressAndRunCloser
@@ -177,44 +235,39 @@ def _run_tuner(config: ExperimentConfig, handle: SearchHandle, resume: bool, stu
     from search.space import param_space
     from search.trial import TrialSetup, run_trial
 
-    embedded = _init_ray(config)
-    try:
-        resources = _trial_resources(config, embedded)
-        setup = TrialSetup(config, handle.tracking_uri, handle.experiment_id, handle.parent_run_id, resources["cpu"])
-        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-        trials = study.trials if study else config.search.trials
-        progress = ProgressAndRunCloser(handle.tracking_uri, handle.experiment_id, handle.parent_run_id,
-                                        trials, config.objectives.cost)  # fmt: skip
-        run_config = tune.RunConfig(
-            name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=[progress],
-            failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        )  # fmt: skip
-        if study:
-            from search.study import study_space
+    setup = TrialSetup(config, handle.tracking_uri, handle.experiment_id, handle.parent_run_id, resources["cpu"])
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    trials = study.trials if study else config.search.trials
+    progress = ProgressAndRunCloser(handle.tracking_uri, handle.experiment_id, handle.parent_run_id,
+                                    trials, config.objectives.cost)  # fmt: skip
+    run_config = tune.RunConfig(
+        name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=[progress],
+        failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )  # fmt: skip
+    if study:
+        from search.study import study_space
 
-            # a grid, every cell trained to the end: no searcher, no early stopping
-            tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=config.search.concurrency)
-            tuner = tune.Tuner(trainable, param_space=study_space(config, study), tune_config=tune_config,
-                               run_config=run_config)  # fmt: skip
-        elif resume:
-            # the run config, callbacks included, comes back from the Tuner's own saved state
-            tuner = tune.Tuner.restore(handle.path, trainable=trainable, resume_errored=True)
-        else:
-            metrics, modes = objectives(config)
-            searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config))
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(config.space),
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher, scheduler=_scheduler(config), num_samples=config.search.trials,
-                    max_concurrent_trials=config.search.concurrency,
-                ),
-                run_config=run_config,
-            )  # fmt: skip
-        tuner.fit()
-    finally:
-        ray.shutdown()
+        # a grid, every cell trained to the end: no searcher, no early stopping
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=config.search.concurrency)
+        tuner = tune.Tuner(trainable, param_space=study_space(config, study), tune_config=tune_config,
+                           run_config=run_config)  # fmt: skip
+    elif resume:
+        # the run config, callbacks included, comes back from the Tuner's own saved state
+        tuner = tune.Tuner.restore(handle.path, trainable=trainable, resume_errored=True)
+    else:
+        metrics, modes = objectives(config)
+        searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(config.space),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=_scheduler(config), num_samples=config.search.trials,
+                max_concurrent_trials=config.search.concurrency,
+            ),
+            run_config=run_config,
+        )  # fmt: skip
+    tuner.fit()
 
 
 def _init_ray(config: ExperimentConfig) -> bool:
@@ -311,7 +364,9 @@ def _close_leftover_runs(client: Any, handle: SearchHandle, status: str) -> None
 
 def print_ui_hint(handle: SearchHandle) -> None:
     """How to look at the search in the MLflow UI."""
-    uri = handle.tracking_uri
+    from search.tracking import redact_uri
+
+    uri = redact_uri(handle.tracking_uri)
     if uri.startswith(("http://", "https://")):
         base = uri.rstrip("/")
         print(f"MLflow UI: {base}/#/experiments/{handle.experiment_id}/runs/{handle.parent_run_id}")

@@ -12,7 +12,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search import tracking
-from search.searcher import COMPLETE_KEY, DIVERGED_KEY
+from search.searcher import COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
 
 
 class ProgressAndRunCloser(Callback):
@@ -27,6 +27,8 @@ class ProgressAndRunCloser(Callback):
         self.finished = 0
         self.started_at = time.perf_counter()
         self._client: Any = None
+        self.offline = False  # MLflow stopped answering: leave the runs to the reconciliation at the end
+        self.lost_trials: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (the Tuner saves its callbacks): drop the client."""
@@ -50,6 +52,15 @@ class ProgressAndRunCloser(Callback):
             f"start {trial.trial_id}: {c.get('allocator')} budget {c.get('budget', 0):.3f}, lr {c.get('lr', 0):.3g}, "
             f"wd {c.get('weight_decay', 0):.2g}, ls {c.get('label_smoothing', 0):.2f}, batch {c.get('batch_size')}"
         )
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        """Say so, once per trial, when a trial could no longer log to MLflow."""
+        if result.get(TRACKING_LOST_KEY) and trial.trial_id not in self.lost_trials:
+            self.lost_trials.add(trial.trial_id)
+            self._print(f"warning: {trial.trial_id} cannot reach MLflow since epoch {int(result.get('epoch', 0))}; "
+                        "it goes on training and Tune keeps its results for re-logging")  # fmt: skip
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Print the outcome; close the run if the trial left it open."""
@@ -81,12 +92,16 @@ class ProgressAndRunCloser(Callback):
         self._print(f"retry {trial.trial_id}: restarting from its last checkpoint")
 
     def _close(self, trial_id: str, status: str, outcome: str, reason: str) -> None:
+        if self.offline:
+            return
         try:
             run_id = tracking.find_trial_run(self.client, self.experiment_id, self.parent_run_id, trial_id)
             if run_id is not None and self.client.get_run(run_id).info.status in tracking.ACTIVE:
                 tracking.end_run(self.client, run_id, status, outcome, reason)
         except Exception as exc:  # never let bookkeeping kill the search; the driver re-checks at the end
-            self._print(f"warning: could not close the MLflow run of trial {trial_id}: {exc}")
+            self.offline = True
+            why = tracking.redact_uri(tracking.first_line(exc))
+            self._print(f"warning: MLflow does not answer ({why}); runs are reconciled at the end")
 
     def _print(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.started_at:7.1f} s] {text}", flush=True)

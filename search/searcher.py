@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 ACCURACY = "val_acc"
 COMPLETE_KEY = "trial_complete"
 DIVERGED_KEY = "diverged"
+# a result carries this once its trial could no longer log to MLflow (see search/run_logger.py)
+TRACKING_LOST_KEY = "tracking_lost"
 
 
 def objectives(config: ExperimentConfig) -> tuple[list[str], list[str]]:

@@ -47,7 +47,8 @@ def summarize(client: Any, config: ExperimentConfig, handle: Any) -> list[TrialR
     if front:
         print(f"Pareto front (val accuracy vs {cost}), cheapest first:")
         print(format_table(*front_rows(front)))
-        print("export one:  precrop export RUN_ID --format onnx --tracking-uri " + handle.tracking_uri)
+        uri = tracking.redact_uri(handle.tracking_uri)
+        print(f"export one:  precrop export RUN_ID --format onnx --tracking-uri {uri}")
     else:
         print("no trial trained to the end: the front is empty")
     return front
@@ -103,6 +104,56 @@ def _channels_last() -> Any:
     import torch
 
     return torch.channels_last
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    """The `precrop reconcile` command: re-log a search from Tune's records, then its summary."""
+    import os
+
+    from search.driver import SearchHandle
+    from search.reconcile import read_record, reconcile_search
+
+    record = read_record(args.search_dir)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or record.tracking_uri
+    if ":***@" in uri:
+        raise UserError("the search's tracking URI was saved without its password: pass --tracking-uri")
+    tracking.bound_http_retries()
+    client = tracking.client_for(uri)
+    record = _with_parent_run(client, record)
+    done = reconcile_search(client, record)
+    print(f"{record.name}: {done.describe()}")
+    handle = SearchHandle(record.name, record.path, record.experiment_id, record.parent_run_id, uri)
+    study = record.study_grid()
+    if study is None:
+        summarize(client, record.experiment_config(), handle)
+    else:
+        summarize_study(client, record.experiment_config(), handle, study)
+    client.set_terminated(record.parent_run_id, status="FINISHED")
+    return 0
+
+
+def _with_parent_run(client: Any, record: Any) -> Any:
+    """The record, with a new parent run (and experiment) when the server no longer has the original."""
+    from mlflow.exceptions import MlflowException
+
+    from search.driver import CONFIG_TAG, SEARCH_TAG
+    from search.reconcile import write_record
+
+    try:
+        client.get_run(record.parent_run_id)
+        return record
+    except MlflowException:
+        pass
+    config = record.experiment_config()
+    experiment = tracking.experiment_id(client, config.experiment_name)
+    parent = tracking.start_parent_run(client, experiment, record.name, tracking.flatten(record.config))
+    tags = {SEARCH_TAG: record.name, CONFIG_TAG: json.dumps(record.config), "precrop.search_dir": record.path,
+            "precrop.config_name": config.name}  # fmt: skip
+    tracking.set_tags(client, parent, tags)
+    print(f"note: {record.name}'s parent run is not in this MLflow; logged it again as {parent}")
+    updated = dataclasses.replace(record, experiment_id=experiment, parent_run_id=parent)
+    write_record(updated)
+    return updated
 
 
 def run_pareto(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ trials run in Ray worker threads, where a process-global active run (and the MLF
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
 
 from precrop.errors import UserError
 
@@ -26,10 +28,43 @@ PARENT_TAG = "mlflow.parentRunId"
 ACTIVE = ("RUNNING", "SCHEDULED")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
+
+# what a request to a tracking server that went away raises (MLflow wraps most, not all, of them)
+TRACKING_FAILURES: tuple[type[BaseException], ...] = (MlflowException, RequestException, OSError)
+# MLflow retries a failed request 7 times with doubling waits (about 4 minutes) by default; a search
+# that lost its server should notice in seconds and go on training (`precrop reconcile` re-logs later)
+BOUNDED_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+_PASSWORD_IN_URI = re.compile(r"(://[^/:@\s]+):[^@\s]+@")
 
 
 class TrackingError(UserError):
     """The tracking server or database cannot be used."""
+
+
+def bound_http_retries() -> None:
+    """Give up on an unreachable tracking server within about 10 s (unless the user set MLflow's own
+    MLFLOW_HTTP_REQUEST_* variables)."""
+    for name, value in BOUNDED_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
+def redact_uri(text: str) -> str:
+    """`text` with the password of every URI in it masked: scheme://user:secret@host -> scheme://user:***@host.
+
+    Tracking URIs of database backends may carry credentials; they are printed and logged only redacted.
+    """
+    return _PASSWORD_IN_URI.sub(r"\1:***@", text)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), at most `limit` characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
@@ -47,8 +82,8 @@ def client_for(uri: str) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # connection refused, bad database URI, ...
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"cannot reach MLflow tracking at {uri}: {first_line[:200]}") from exc
+        message = redact_uri(first_line(exc))
+        raise TrackingError(f"cannot reach MLflow tracking at {redact_uri(uri)}: {message}") from exc
     return client
 
 

@@ -21,6 +21,7 @@ import ray
 import torch
 from mlflow import MlflowClient
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from precrop.allocate import dense_plan
 from precrop.allocate_cli import render_plan
@@ -31,10 +32,11 @@ from precrop.methods import method, realize
 from precrop.plan import WidthPlan
 from search import tracking
 from search.config import ExperimentConfig
-from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY
+from search.run_logger import RunLogger
+from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
 from search.space import TrialPoint
 from trainers.batches import probe_batches
-from trainers.checkpoint import load_train_state, save_model, save_train_state
+from trainers.checkpoint import PLAN_FILE, load_train_state, save_train_state, save_weights
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
 from trainers.measure import measure_latency
@@ -44,6 +46,11 @@ NODE_TAG = "precrop.node_id"
 HOST_TAG = "precrop.host"
 DEVICE_TAG = "precrop.device"
 ATTEMPTS_TAG = "precrop.attempts"
+# what a Tune result holds besides the trainer's epoch metrics
+RESULT_EXTRAS = frozenset(
+    {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "macs", "params", "latency_ms", COMPLETE_KEY,
+     DIVERGED_KEY, TRACKING_LOST_KEY}
+)  # fmt: skip
 # what data-driven methods (SNIP, GraSP, PFS, PruneNet) look at: a few augmented training batches
 PROBE_BATCHES = 8
 PROBE_BATCH_SIZE = 64
@@ -65,47 +72,72 @@ class Resume:
     """What a checkpoint of this trial holds."""
 
     state: TrainState
-    run_id: str
+    run_id: str | None
     latency_ms: float
 
 
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune function trainable."""
     torch.set_num_threads(max(1, int(setup.cpus)))
+    tracking.bound_http_retries()
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     resume = _read_checkpoint(tune.get_checkpoint())
-    client = MlflowClient(tracking_uri=setup.tracking_uri)
-    run_id = resume.run_id if resume else None
-    run_id = run_id or tracking.find_trial_run(client, setup.experiment_id, setup.parent_run_id, trial_id)
-    if run_id is None:
-        run_id = tracking.create_trial_run(client, setup.experiment_id, setup.parent_run_id, trial_id, trial_name)
-        fresh = True
-    else:
-        tracking.reopen_run(client, run_id)
-        fresh = False
-    trial = _Trial(setup, TrialPoint.from_config(sampled), client, run_id)
+    log = RunLogger(MlflowClient(tracking_uri=setup.tracking_uri))
+    known = resume.run_id if resume else None
+    fresh = log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, known)
+    trial = _Trial(setup, TrialPoint.from_config(sampled), log)
     try:
         trial.run(resume, fresh)
     except SystemExit:  # Tune stops a trial (ASHA) by raising SystemExit inside tune.report
         if not trial.ended:
-            tracking.end_run(client, run_id, "KILLED", "stopped", "stopped early by ASHA")
+            log.call("ending the run", tracking.end_run, "KILLED", "stopped", "stopped early by ASHA")
         raise
     except BaseException as exc:
         if not trial.ended:
-            tracking.end_run(client, run_id, "FAILED", "failed", f"{type(exc).__name__}: {exc}")
+            log.call("ending the run", tracking.end_run, "FAILED", "failed", f"{type(exc).__name__}: {exc}")
         raise
 
 
-class _Trial:
-    """The steps of one trial, sharing its run id, data and plan."""
+def setup_params(config: ExperimentConfig, point: TrialPoint, plan: WidthPlan, seed: int) -> dict[str, Any]:
+    """The hyperparameters a trial's run logs once: what was allocated, how, and the training recipe."""
+    space = config.space
+    recipe = point.train_config(space, seed, 0).to_dict()
+    return {
+        "arch": config.model.arch, "dataset": config.data.name, "allocator": point.allocator,
+        "budget": point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
+        "variant": point.variant or space.variant, "divisor": space.divisor, "min_width": space.min_width,
+        "seed": seed, "granularity": plan.granularity,
+        "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
+    }  # fmt: skip
 
-    def __init__(self, setup: TrialSetup, point: TrialPoint, client: MlflowClient, run_id: str) -> None:
+
+def setup_metrics(plan: WidthPlan, costs: dict[str, float]) -> dict[str, float]:
+    """The cost metrics a trial's run logs at step 0: the objectives and the fractions of the dense model."""
+    base = plan.base
+    return {
+        **costs,
+        "macs_fraction": plan.effective.macs / base.macs,
+        "params_fraction": plan.effective.params / base.params,
+        # what the model executes: masked models keep the dense shapes (and the dense latency)
+        "dense_macs": float(plan.counted.macs),
+    }
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trainer's own metrics of one epoch, out of a Tune result (which adds costs and bookkeeping)."""
+    return {k: float(v) for k, v in result.items()
+            if k not in RESULT_EXTRAS and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+
+
+class _Trial:
+    """The steps of one trial, sharing its run logger, data and plan."""
+
+    def __init__(self, setup: TrialSetup, point: TrialPoint, log: RunLogger) -> None:
         self.setup = setup
         self.config: ExperimentConfig = setup.config
         self.point = point
-        self.client = client
-        self.run_id = run_id
+        self.log = log
         self.ended = False
         # where the trial's time goes (logged at the end; benchmarks/tune_overhead.py reads it)
         self.started = time.perf_counter()
@@ -129,33 +161,39 @@ class _Trial:
 
         def report(metrics: Metrics, state: TrainState) -> None:
             entered = time.perf_counter()
-            tracking.log_metrics(self.client, self.run_id, metrics, step=int(metrics["epoch"]))
+            self.log.call("logging metrics", tracking.log_metrics, metrics, step=int(metrics["epoch"]))
             last = int(metrics["epoch"]) == epochs
             if last:
                 self._finish(plan, trainer, metrics)
-            result = {**metrics, ACCURACY: metrics["val_acc"], **costs, COMPLETE_KEY: int(last)}
+            result = {**metrics, ACCURACY: metrics["val_acc"], **costs, COMPLETE_KEY: int(last), **self._lost()}
             self.reporting_seconds += time.perf_counter() - entered
             due = time.perf_counter() - self.last_checkpoint >= self.config.ray.checkpoint_every_s
-            self._report(result, state if (last or due) else None, latency)
+            self._report(result, state if (last or due) else None, plan, latency)
 
         self.training_started = time.perf_counter()
         outcome = trainer.run(report)
         if outcome.status == "diverged":
-            tracking.end_run(self.client, self.run_id, "FAILED", "diverged", outcome.reason)
+            self.log.call("ending the run", tracking.end_run, "FAILED", "diverged", outcome.reason)
             self.ended = True
             final = outcome.final
-            tune.report({**final, ACCURACY: final.get("val_acc", 0.0), **costs, COMPLETE_KEY: 0, DIVERGED_KEY: 1})
+            tune.report({**final, ACCURACY: final.get("val_acc", 0.0), **costs, COMPLETE_KEY: 0, DIVERGED_KEY: 1,
+                         **self._lost()})  # fmt: skip
         elif not self.ended:  # resumed after the last epoch's checkpoint: nothing left to train
             self._finish(plan, trainer, trainer.history[-1])
             self._report({**trainer.history[-1], ACCURACY: trainer.history[-1]["val_acc"], **costs,
-                          COMPLETE_KEY: 1}, trainer.state(), latency)  # fmt: skip
+                          COMPLETE_KEY: 1, **self._lost()}, trainer.state(), plan, latency)  # fmt: skip
+
+    def _lost(self) -> dict[str, int]:
+        """The flag a result carries once this attempt lost MLflow (the driver reports it and re-logs)."""
+        return {TRACKING_LOST_KEY: 1} if self.log.lost else {}
 
     def _tag_placement(self, device: str) -> None:
         """Where this attempt runs (Ray node, host, device); a retry elsewhere overwrites it and counts up."""
-        attempts = int(self.client.get_run(self.run_id).data.tags.get(ATTEMPTS_TAG, "0")) + 1
+        run = self.log.call("reading the run", lambda client, run_id: client.get_run(run_id))
+        attempts = int(run.data.tags.get(ATTEMPTS_TAG, "0")) + 1 if run is not None else 1
         tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), HOST_TAG: socket.gethostname(),
                 DEVICE_TAG: device, ATTEMPTS_TAG: str(attempts)}  # fmt: skip
-        tracking.set_tags(self.client, self.run_id, tags)
+        self.log.call("tagging the run", tracking.set_tags, tags)
 
     def _load_data(self) -> DataSet:
         data = self.config.data
@@ -197,48 +235,22 @@ class _Trial:
 
     def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
         """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""
-        space = self.config.space
-        recipe = self.point.train_config(space, self.seed, 0).to_dict()
-        params = {
-            "arch": self.config.model.arch, "dataset": self.config.data.name, "allocator": self.point.allocator,
-            "budget": self.point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
-            "variant": self.point.variant or space.variant, "divisor": space.divisor, "min_width": space.min_width,
-            "seed": self.seed, "granularity": plan.granularity,
-            "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
-        }  # fmt: skip
-        tracking.log_params(self.client, self.run_id, params)
-        base = plan.base
-        fractions = {
-            "macs_fraction": plan.effective.macs / base.macs,
-            "params_fraction": plan.effective.params / base.params,
-            # what the model executes: masked models keep the dense shapes (and the dense latency)
-            "dense_macs": float(plan.counted.macs),
-        }
-        tracking.log_metrics(self.client, self.run_id, {**costs, **fractions}, step=0)
-        tracking.set_tags(self.client, self.run_id, {"precrop.allocator": self.point.allocator})
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "plan.json").write_text(plan.to_json(indent=2) + "\n")
-            (folder / "widths.txt").write_text(widths_table + "\n")
-            self.client.log_artifacts(self.run_id, tmp, artifact_path="plan")
+        log_setup(self.log, setup_params(self.config, self.point, plan, self.seed), setup_metrics(plan, costs),
+                  plan, widths_table)  # fmt: skip
 
     def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
         """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""
-        with tempfile.TemporaryDirectory() as tmp:
-            save_model(Path(tmp), plan, trainer.model)
-            self.client.log_artifacts(self.run_id, tmp, artifact_path="model")
         now = time.perf_counter()
         timings = {
             "time_setup_s": self.training_started - self.started,
             "time_reporting_s": self.reporting_seconds,
             "time_training_s": now - self.training_started - self.reporting_seconds,
         }
-        summary = {"final_val_acc": last["val_acc"], **timings}
-        tracking.log_metrics(self.client, self.run_id, summary, step=int(last["epoch"]))
-        tracking.end_run(self.client, self.run_id, "FINISHED", "completed")
+        log_final(self.log, plan, trainer.model.state_dict(), {"final_val_acc": last["val_acc"], **timings},
+                  int(last["epoch"]))  # fmt: skip
         self.ended = True
 
-    def _report(self, result: dict[str, Any], state: TrainState | None, latency: float) -> None:
+    def _report(self, result: dict[str, Any], state: TrainState | None, plan: WidthPlan, latency: float) -> None:
         """tune.report, with a checkpoint (the loop state and this trial's run id) when `state` is given.
 
         Checkpoints are written at most every `ray.checkpoint_every_s` seconds (and at the last epoch):
@@ -253,7 +265,8 @@ class _Trial:
         folder = Path(tempfile.mkdtemp(prefix="precrop-ckpt-"))
         try:
             save_train_state(folder, state)
-            (folder / META_FILE).write_text(json.dumps({"run_id": self.run_id, "latency_ms": latency}))
+            (folder / PLAN_FILE).write_text(plan.to_json())
+            (folder / META_FILE).write_text(json.dumps({"run_id": self.log.run_id, "latency_ms": latency}))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -268,4 +281,26 @@ def _read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:
         meta = json.loads((Path(folder) / META_FILE).read_text())
     if state is None:
         return None
-    return Resume(state=state, run_id=str(meta["run_id"]), latency_ms=float(meta["latency_ms"]))
+    run_id = meta.get("run_id")
+    return Resume(state=state, run_id=str(run_id) if run_id else None, latency_ms=float(meta["latency_ms"]))
+
+
+def log_setup(log: RunLogger, params: dict[str, Any], metrics: dict[str, float], plan: WidthPlan, widths: str) -> None:
+    """Log a run's setup: params, step-0 cost metrics, the allocator tag and the plan artifacts."""
+    log.call("logging params", tracking.log_params, params)
+    log.call("logging costs", tracking.log_metrics, metrics, step=0)
+    log.call("tagging the run", tracking.set_tags, {"precrop.allocator": str(params["allocator"])})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / PLAN_FILE).write_text(plan.to_json(indent=2) + "\n")
+        (folder / "widths.txt").write_text(widths + "\n")
+        log.call("logging the plan", lambda client, run_id: client.log_artifacts(run_id, tmp, artifact_path="plan"))
+
+
+def log_final(log: RunLogger, plan: WidthPlan, weights: dict[str, Any], summary: dict[str, float], epoch: int) -> None:
+    """Log a completed run's model (plan JSON + state_dict) and summary metrics, and end it FINISHED."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_weights(Path(tmp), plan, weights)
+        log.call("logging the model", lambda client, run_id: client.log_artifacts(run_id, tmp, artifact_path="model"))
+    log.call("logging the summary", tracking.log_metrics, summary, step=epoch)
+    log.call("ending the run", tracking.end_run, "FINISHED", "completed")

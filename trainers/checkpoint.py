@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,12 @@ def load_train_state(directory: Path) -> dict[str, Any] | None:
 
 def save_model(directory: Path, plan: WidthPlan, model: nn.Module) -> None:
     """Write plan.json and model.pt (the state_dict on the CPU)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_weights(directory, plan, model.state_dict())
+
+
+def save_weights(directory: Path, plan: WidthPlan, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write plan.json and model.pt from a state_dict (copied to the CPU)."""
+    state = {k: v.detach().cpu() for k, v in state_dict.items()}
     write_atomically(directory / PLAN_FILE, plan.to_json(indent=2) + "\n")
     write_atomically(directory / WEIGHTS_FILE, _torch_bytes(state))
 

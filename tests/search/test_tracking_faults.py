@@ -1,0 +1,172 @@
+"""MLflow going away: trials keep training, the search says so in one line and keeps its results in
+Tune, and `precrop reconcile` re-logs them (into the same server once it is back, or a fresh one)."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
+from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, write_config
+
+EPOCHS = 3
+
+
+def _config(name: str, trials: int, epochs: int = EPOCHS) -> dict[str, Any]:
+    config = copy.deepcopy(TINY_CONFIG)
+    config["name"] = name
+    config["space"]["epochs"] = epochs
+    config["search"] = {"trials": trials, "concurrency": 1, "seed": 3}
+    config["asha"] = {"enabled": False}
+    return config
+
+
+def _search_dir(folder: Path) -> Path:
+    (found,) = [p.parent for p in folder.glob("ray_results/*/precrop-search.json")]
+    return found
+
+
+def _trial_runs(client: MlflowClient, experiment: str) -> list[Any]:
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id])
+    return [r for r in runs if r.data.tags.get("precrop.role") == "trial"]
+
+
+def _assert_fully_logged(client: MlflowClient, experiment: str, trials: int, epochs: int) -> None:
+    """Every trial has one FINISHED run with each epoch's metrics once, its plan, weights and params."""
+    runs = _trial_runs(client, experiment)
+    assert len(runs) == trials
+    assert len({r.data.tags["precrop.trial_id"] for r in runs}) == trials
+    for run in runs:
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED", run.data.tags
+        assert run.data.tags["precrop.outcome"] == "completed"
+        for key in ("val_acc", "train_loss", "val_loss"):
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+        assert {m.step for m in client.get_metric_history(run_id, "macs")} == {0}
+        assert run.data.params["allocator"] in ("synexp", "uniform")
+        assert float(run.data.metrics["final_val_acc"]) == float(run.data.metrics["val_acc"])
+        artifacts = {f.path for folder in ("plan", "model") for f in client.list_artifacts(run_id, folder)}
+        assert {"plan/plan.json", "plan/widths.txt", "model/plan.json", "model/model.pt"} <= artifacts
+    everything = client.search_runs([runs[0].info.experiment_id])
+    parents = [r for r in everything if r.data.tags.get("precrop.role") == "search"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "pareto.png" in {f.path for f in client.list_artifacts(parents[0].info.run_id)}
+    assert any(r.data.tags.get("pareto") == "true" for r in _trial_runs(client, experiment))
+
+
+def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(tmp_path: Path) -> None:
+    """The worst case, a server that came back with an empty database: everything is logged again."""
+    write_config(tmp_path, _config("relog", trials=2))
+    first = run_precrop(tmp_path, "search", "config.yaml")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    search_dir = _search_dir(tmp_path)
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    again = run_precrop(tmp_path, "reconcile", str(search_dir), "--tracking-uri", fresh)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "parent run is not in this MLflow" in again.stdout
+    assert "2 runs created" in again.stdout
+    _assert_fully_logged(MlflowClient(fresh), "relog", trials=2, epochs=EPOCHS)
+
+    # idempotent: a second pass finds nothing to add and the original store is already complete
+    third = run_precrop(tmp_path, "reconcile", str(search_dir), "--tracking-uri", fresh)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "MLflow matches Tune for all 2 trials" in third.stdout
+    _assert_fully_logged(MlflowClient(fresh), "relog", trials=2, epochs=EPOCHS)
+    _assert_fully_logged(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "relog", trials=2, epochs=EPOCHS)
+
+
+def test_reconcile_of_a_folder_that_is_no_search_is_one_line(tmp_path: Path) -> None:
+    result = run_precrop(tmp_path, "reconcile", str(tmp_path))
+    assert result.returncode == 2
+    expected = f"precrop: error: {tmp_path} is not a search directory (no readable precrop-search.json)"
+    assert result.stderr.strip() == expected
+
+
+class _Server:
+    """An MLflow server on 127.0.0.1 (cluster/start_mlflow.sh) that the test can stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database = folder / "server.db"
+
+    def start(self) -> None:
+        """Start (or restart) it on the same port and database."""
+        result = subprocess.run(
+            ["bash", str(START_MLFLOW), "--host", "127.0.0.1", "--port", str(self.port), "--backend",
+             f"sqlite:///{self.database}", "--artifacts", str(self.folder / "artifacts"), *self._state()],
+            env=_script_env(), capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def stop(self) -> None:
+        """Stop it (the whole process group)."""
+        subprocess.run(["bash", str(START_MLFLOW), "--stop", *self._state()], env=_script_env(), timeout=60)
+
+    def _state(self) -> list[str]:
+        return ["--state-dir", str(self.folder / "state")]
+
+
+def _logged_epochs(database: Path) -> int:
+    """The highest val_acc step any run has in the server's database (read directly: the server may be busy)."""
+    if not database.exists():
+        return 0
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            row = db.execute("SELECT MAX(step) FROM metrics WHERE key = 'val_acc'").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return int(row[0] or 0)
+
+
+def test_server_lost_mid_search_then_reconciled(tmp_path: Path) -> None:
+    server = _Server(tmp_path)
+    server.start()
+    epochs = 4
+    write_config(tmp_path, _config("lost", trials=3, epochs=epochs))
+    env = {**search_env(), "MLFLOW_TRACKING_URI": server.url, "PRECROP_STORAGE_PATH": str(tmp_path / "ray_results")}
+    search = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "search", "config.yaml"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while _logged_epochs(server.database) < 1:
+            assert search.poll() is None, "the search ended before the server could be stopped"
+            assert time.monotonic() < deadline, "no trial logged an epoch in time"
+            time.sleep(0.2)
+        server.stop()
+        stdout, stderr = search.communicate(timeout=400)
+    finally:
+        if search.poll() is None:
+            search.kill()
+        server.stop()
+    assert search.returncode == 2, stdout[-3000:] + stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"precrop: error: MLflow at {server.url} stopped answering"), stderr[-3000:]
+    search_dir = _search_dir(tmp_path)
+    assert last.endswith(f"run `precrop reconcile {search_dir}`")
+    assert "cannot reach MLflow since epoch" in stdout  # the trial that lost it said so, and trained on
+    assert stdout.count("] done ") == 3, stdout[-3000:]
+
+    server.start()
+    try:
+        relogged = run_precrop(tmp_path, "reconcile", str(search_dir), "--tracking-uri", server.url)
+        assert relogged.returncode == 0, relogged.stdout[-3000:] + relogged.stderr[-3000:]
+        assert "re-logged from Tune" in relogged.stdout
+        _assert_fully_logged(MlflowClient(server.url), "lost", trials=3, epochs=epochs)
+    finally:
+        server.stop()
