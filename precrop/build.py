@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -22,6 +24,19 @@ def layer_table(
     return trace_layer_table(spec.build(classes), arch, input_size or spec.input_size, classes, verify=verify)
 
 
+# PreConfig grows groups by a few x at most; a plan asking for more is corrupt (or a memory bomb)
+MAX_WIDTH_RATIO = 16
+
+
+def check_plan_widths(plan: WidthPlan, base: Mapping[str, int]) -> None:
+    """A plan's widths must be buildable: no group wider than MAX_WIDTH_RATIO x its base width."""
+    for group, width in plan.widths.items():
+        if width > MAX_WIDTH_RATIO * base[group]:
+            raise PlanError(
+                f"plan width of {group} is {width}, more than {MAX_WIDTH_RATIO}x its base width {base[group]}"
+            )
+
+
 def build_from_plan(plan: WidthPlan, seed: int | None = None) -> nn.Module:
     """A plain dense nn.Module at the plan's widths, freshly initialized as the family would.
 
@@ -35,6 +50,7 @@ def build_from_plan(plan: WidthPlan, seed: int | None = None) -> nn.Module:
         missing = sorted(expected - set(plan.widths))[:3]
         extra = sorted(set(plan.widths) - expected)[:3]
         raise PlanError(f"plan does not match {plan.arch}: missing groups {missing}, unknown groups {extra}")
+    check_plan_widths(plan, table.base_widths)
     try:
         resize_to_widths(model, table, dict(plan.widths))
     except ValueError as exc:

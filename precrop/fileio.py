@@ -29,3 +29,19 @@ def write_atomically(path: str | Path, data: bytes | str) -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write {target}: {exc.strerror}") from exc
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Fail now, before any work, when directory `path` could not be created or written later.
+
+    Creates nothing: walks up to the nearest existing folder and checks that one, so a failed command
+    leaves no empty directories behind.
+    """
+    target = Path(path).expanduser().absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {existing} is not writable")

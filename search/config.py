@@ -135,6 +135,8 @@ class RayConfig:
     storage_path: str | None = None
     max_failures: int = 2
     checkpoint_every_s: float = 10.0
+    # a joined cluster with no GPU yet (resources.gpu > 0): how long to wait for the autoscaler to add one
+    gpu_wait_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.ray.max_failures >= 0, "ray.max_failures", "must be 0 or more")
     every = config.ray.checkpoint_every_s
     _require(_finite(every) and every >= 0, "ray.checkpoint_every_s", "must be 0 (every epoch) or more seconds")
+    wait = config.ray.gpu_wait_s
+    _require(_finite(wait) and wait >= 0, "ray.gpu_wait_s", "must be 0 or more seconds")
     if config.ray.storage_path is not None:
         _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
 

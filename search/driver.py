@@ -327,17 +327,43 @@ def _answers(address: str) -> bool:
 
 def _trial_resources(config: ExperimentConfig, embedded: bool) -> dict[str, float]:
     """CPU and GPU per trial. An embedded Ray on a machine without GPUs drops the GPU request (with a
-    note); a joined cluster keeps it, because its GPU workers may start only when trials wait for them."""
+    note), so one config runs on a laptop and a cluster; a joined cluster must show a GPU within
+    `ray.gpu_wait_s` (its autoscaler may be starting one), else the search stops before it begins."""
     import ray
 
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     if resources["gpu"] > 0 and embedded and not ray.cluster_resources().get("GPU"):
         print("note: this machine has no GPU; trials run on CPU", flush=True)
         resources["gpu"] = 0.0
+    elif resources["gpu"] > 0 and not embedded:
+        _wait_for_gpus(config.ray.gpu_wait_s, resources["gpu"])
     available = ray.cluster_resources().get("CPU", 0)
     if embedded and resources["cpu"] > available:
         raise ConfigError(f"resources.cpu: each trial asks for {resources['cpu']} CPUs, this machine has {available}")
     return resources
+
+
+def _wait_for_gpus(timeout_s: float, per_trial: float) -> None:
+    """Return once the joined cluster has a GPU; ask its autoscaler for one while waiting."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return
+    print(f"the cluster has no GPU yet: asking its autoscaler for one (waiting up to {timeout_s:.0f} s)", flush=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        request_resources(bundles=[{"GPU": per_trial}])
+        while time.monotonic() < deadline:
+            if ray.cluster_resources().get("GPU", 0) > 0:
+                return
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        request_resources(bundles=[])  # from here on, the trials' own demand drives the autoscaler
+    raise ConfigError(
+        f"resources.gpu: the Ray cluster has no GPU after {timeout_s:.0f} s (set resources.gpu: 0 to train on "
+        "CPUs, add GPU workers, or raise ray.gpu_wait_s)"
+    )
 
 
 def _scheduler(config: ExperimentConfig) -> Any:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from precrop.fileio import check_writable_dir
 from precrop.textui import format_table
 from search.config import ConfigError, ExperimentConfig
 
@@ -61,6 +62,8 @@ def make_study(
     """The study `kind` at these budgets, over seeds 0..seeds-1 (`allocators`: the baselines compared)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if out_dir is not None:
+        check_writable_dir(out_dir, "--out")
     if not budgets:
         raise ConfigError("give at least one budget")
     if kind == "granularity":

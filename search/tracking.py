@@ -7,6 +7,7 @@ trials run in Ray worker threads, where a process-global active run (and the MLF
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ ACTIVE = ("RUNNING", "SCHEDULED")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
+# a new sqlite store announces its table creation and migrations at INFO: not news to our users
+for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 # what a request to a tracking server that went away raises (MLflow wraps most, not all, of them)
 TRACKING_FAILURES: tuple[type[BaseException], ...] = (MlflowException, RequestException, OSError)

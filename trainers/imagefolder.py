@@ -116,6 +116,8 @@ def load_imagefolder(request: DataRequest) -> DataSet:
     if not (root / "train").is_dir():
         raise DataError(f"{root} has no train/ folder (expected {root}/train/<class>/<image>)")
     classes, train = list_samples(root / "train")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'} has only class folder {classes[0]!r}; a classifier needs at least 2 classes")
     _, test = list_samples(eval_folder(root), classes) if request.with_test else (classes, None)
     train_split: Split = train
     test_split: Split | None = test

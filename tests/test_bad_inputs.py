@@ -1,0 +1,287 @@
+"""The catalogue of inputs a user can get wrong, across every command and the config.
+
+Each case must end in exactly one line on stderr that names the problem, exit code 2, no traceback,
+and leave nothing half-written: no new files in the working directory (a tracking database that a
+case needs may exist, but holds no run left RUNNING) and no Tune directory.
+Most cases call the `precrop` entry point in this process (fast); the ones that depend on the real
+process (a Ray cluster to join, MLflow's HTTP retries) run it as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cli import main
+from tests.search.conftest import TINY_CONFIG, search_env
+
+Setup = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the command line, what the error line must say, and the files it needs first."""
+
+    name: str
+    argv: tuple[str, ...]
+    says: tuple[str, ...]
+    setup: Setup | None = None
+    subprocess: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _config(**sections: object) -> Setup:
+    """Write config.yaml: the tiny search config with some sections replaced or extended."""
+
+    def write(folder: Path) -> None:
+        config = json.loads(json.dumps(TINY_CONFIG))
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+    return write
+
+
+def _files(**contents: str) -> Setup:
+    def write(folder: Path) -> None:
+        for name, text in contents.items():
+            (folder / name).write_text(text)
+
+    return write
+
+
+def _image_folder(classes: int) -> Setup:
+    """An ImageFolder data set with `classes` classes of three 8x8 images, plus the tiny config."""
+
+    def write(folder: Path) -> None:
+        from PIL import Image
+
+        for split in ("train", "test"):
+            for c in range(classes):
+                sub = folder / "images" / split / f"class{c}"
+                sub.mkdir(parents=True)
+                for i in range(3):
+                    Image.new("RGB", (8, 8), (40 * i, 20 * c, 0)).save(sub / f"{i}.png")
+        _config(data={"name": "imagefolder", "data_dir": "images"})(folder)
+
+    return write
+
+
+def _plan(edit: Callable[[dict[str, object]], None], input_size: int = 8, classes: int = 10) -> Setup:
+    """plan.json: a real ResNet-20 plan for digits-sized inputs, then edited."""
+
+    def write(folder: Path) -> None:
+        from precrop.allocate import AllocationRequest, SynExpAllocator
+        from precrop.build import layer_table
+
+        table = layer_table("cifar_resnet20", classes, input_size)
+        plan = SynExpAllocator().allocate(table, AllocationRequest(macs=0.5))
+        data = json.loads(plan.to_json())
+        edit(data)
+        (folder / "plan.json").write_text(json.dumps(data))
+
+    return write
+
+
+def _run_without_weights(folder: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.create_experiment("runs")
+    run = client.create_run(experiment, run_name="no-weights")
+    client.set_terminated(run.info.run_id, "FAILED")
+    (folder / "run_id.txt").write_text(run.info.run_id)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+SEARCH = ("search", "config.yaml")
+# fmt: off
+CASES = [
+    Case("budget 0", ("allocate", "cifar_resnet20", "--macs", "0"), ("macs budget must be a positive number",)),
+    Case("budget -1", ("allocate", "cifar_resnet20", "--macs", "-1"), ("macs budget must be a positive number",)),
+    Case("budget 1.5 with PreCrop", ("allocate", "cifar_resnet20", "--macs", "1.5"), ("exceeds the expand bound",)),
+    Case("budget nan", ("allocate", "cifar_resnet20", "--params", "nan"), ("params budget", "got nan")),
+    Case("budget below the minimum widths", ("allocate", "cifar_resnet20", "--macs", "0.001"),
+         ("below what the minimum widths allow",)),
+    Case("unknown arch", ("info", "resnet999"), ("unknown architecture 'resnet999'",)),
+    Case("unknown variant", ("allocate", "cifar_resnet20", "--macs", "0.5", "--variant", "fancy"),
+         ("unknown variant 'fancy'",)),
+    Case("unknown allocator in a config", SEARCH, ("space.allocators[0]: unknown value 'magic'",),
+         _config(space={"allocators": ["magic"]})),
+    Case("unknown dataset", SEARCH, ("data.name: unknown value 'mnist'",), _config(data={"name": "mnist"})),
+    Case("config budget 0", SEARCH, ("space.budget: must be [low, high] with 0 < low",),
+         _config(space={"budget": [0, 0.5]})),
+    Case("config budget above 1 with PreCrop", SEARCH, ("space.budget", "for PreCrop, got [0.5, 1.5]"),
+         _config(space={"budget": [0.5, 1.5]})),
+    Case("config budget below the minimum widths", SEARCH,
+         ("space.budget: synexp cannot allocate at 0.001", "minimum widths"),
+         _config(space={"budget": [0.001, 0.002]})),
+    Case("missing data directory", SEARCH, ("data directory", "does not exist"),
+         _config(data={"name": "imagefolder", "data_dir": "nowhere"})),
+    Case("empty data directory", SEARCH, ("has no train/ folder",),
+         lambda f: ((f / "empty").mkdir(), _config(data={"name": "imagefolder", "data_dir": "empty"})(f))),
+    Case("image folder with one class", SEARCH, ("only class folder 'class0'", "at least 2 classes"),
+         _image_folder(1)),
+    Case("config with an unknown key", SEARCH, ("unknown key 'space.widths'",), _config(space={"widths": 3})),
+    Case("config value of the wrong type", SEARCH, ("search.trials must be an integer, got 'many'",),
+         _config(search={"trials": "many"})),
+    Case("override without a value", (*SEARCH, "--set", "search.trials"), ("--set expects key.path=value",),
+         _config()),
+    Case("config that is not YAML", SEARCH, ("is not valid YAML",), _files(**{"config.yaml": "space: [1,\n"})),
+    Case("missing config file", ("search", "absent.yaml"), ("cannot read config absent.yaml",)),
+    Case("plan of another arch", ("train", "--plan", "plan.json", "--dataset", "digits", "--epochs", "1"),
+         ("plan does not match cifar_resnet56",), _plan(lambda p: p.update(arch="cifar_resnet56"))),
+    Case("plan of another schema version", ("train", "--plan", "plan.json", "--dataset", "digits"),
+         ("plan schema version 99 is not supported",), _plan(lambda p: p.update(schema_version=99))),
+    Case("plan for other inputs", ("train", "--plan", "plan.json", "--dataset", "digits"),
+         ("is for 3x32x32 inputs",), _plan(lambda p: None, input_size=32)),
+    Case("plan with absurd widths", ("train", "--plan", "plan.json", "--dataset", "digits"),
+         ("plan width of conv1 is 100000, more than 16x its base width 16",),
+         _plan(lambda p: p["widths"].update(conv1=100000))),  # type: ignore[attr-defined]
+    Case("plan that is not JSON", ("train", "--plan", "plan.json", "--dataset", "digits"),
+         ("plan is not valid JSON",), _files(**{"plan.json": '{"schema_version": 2,'})),
+    Case("output into a file, not a directory", ("allocate", "cifar_resnet20", "--macs", "0.5", "-o", "afile/p.json"),
+         ("cannot write afile/p.json",), _files(afile="x")),
+    Case("study output directory not writable", ("study", "baselines", "config.yaml", "--out", "afile/study"),
+         ("--out afile/study", "is a file, not a directory"),
+         lambda f: (_files(afile="x")(f), _config()(f))),
+    Case("GPU fraction above 1", SEARCH, ("resources.gpu: must be a GPU fraction in [0, 1]",),
+         _config(resources={"gpu": 1.5})),
+    Case("study with no seeds", ("study", "granularity", "config.yaml", "--seeds", "0"),
+         ("--seeds must be at least 1",), _config()),
+    Case("resume of a search that never ran", (*SEARCH, "--resume"), ("nothing to resume",), _config()),
+    Case("export of a run that has no weights", ("export", "RUN_ID", "--format", "onnx"),
+         ("has no final weights",), _run_without_weights),
+    Case("export of an unknown run", ("export", "0123456789abcdef", "--format", "onnx"),
+         ("no MLflow run '0123456789abcdef'",)),
+    Case("bad tracking URI in the environment", ("pareto", "--experiment", "x"),
+         ("MLFLOW_TRACKING_URI: must be sqlite:///FILE",), env={"MLFLOW_TRACKING_URI": "ftp://somewhere"}),
+    Case("unreachable tracking URI", SEARCH, ("cannot reach MLflow tracking at http://127.0.0.1:",),
+         _config(mlflow={"tracking_uri": f"http://127.0.0.1:{_free_port()}"}), subprocess=True),
+]
+# fmt: on
+
+
+def _snapshot(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def _running_runs(database: Path) -> int:
+    if not database.exists():
+        return 0
+    with sqlite3.connect(database) as db:
+        return int(db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('RUNNING', 'SCHEDULED')").fetchone()[0])
+
+
+def _run_in_process(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
+    return code, capfd.readouterr().err
+
+
+def _run_subprocess(argv: list[str], folder: Path, env: dict[str, str]) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", *argv], cwd=folder, env={**search_env(), **env}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    return result.returncode, result.stderr
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty working directory, with the tracking/storage environment of this machine cleared."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    for name in ("MLFLOW_TRACKING_URI", "PRECROP_STORAGE_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    yield folder
+
+
+def test_the_catalogue_is_large_enough() -> None:
+    assert len(CASES) >= 20
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_fails_in_one_line(
+    case: Case, workdir: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if case.setup is not None:
+        case.setup(workdir)
+    argv = [a.replace("RUN_ID", (workdir / "run_id.txt").read_text()) if a == "RUN_ID" else a for a in case.argv]
+    before = _snapshot(workdir)
+    capfd.readouterr()
+    if case.subprocess:
+        code, err = _run_subprocess(argv, workdir, case.env)
+    else:
+        for name, value in case.env.items():
+            monkeypatch.setenv(name, value)
+        code, err = _run_in_process(argv, capfd)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("precrop: error: ") or lines[0].startswith("precrop "), lines[0]
+    for words in case.says:
+        assert words in lines[0], lines[0]
+    created = _snapshot(workdir) - before
+    assert created <= {"mlflow.db"}, f"left behind: {sorted(created)}"
+    assert _running_runs(workdir / "mlflow.db") == 0
+
+
+def test_gpus_asked_of_a_cluster_without_any(tmp_path: Path) -> None:
+    """A joined cluster that shows no GPU within ray.gpu_wait_s: one line, exit 2, no MLflow run opened."""
+    from tests.cluster.conftest import LocalCluster
+
+    _config(resources={"gpu": 1}, ray={"gpu_wait_s": 2})(tmp_path)
+    cluster = LocalCluster({"cpu": {"num_cpus": 1}})
+    try:
+        env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        code, err = _run_subprocess([*SEARCH, "--address", cluster.address], tmp_path, env)
+    finally:
+        cluster.stop()
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        "precrop: error: resources.gpu: the Ray cluster has no GPU after 2 s (set resources.gpu: 0 to train on "
+        "CPUs, add GPU workers, or raise ray.gpu_wait_s)"
+    )
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+def test_output_directory_without_write_permission(workdir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    locked = workdir / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, err = _run_in_process(["allocate", "cifar_resnet20", "--macs", "0.5", "-o", "locked/p.json"], capfd)
+    finally:
+        locked.chmod(0o700)
+    assert code == 2
+    assert err.strip().startswith("precrop: error: cannot write locked/p.json")
+    assert list(locked.iterdir()) == []
