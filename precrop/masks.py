@@ -143,7 +143,12 @@ def mask_densities(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 def masked_plan(
-    table: LayerTable, request: AllocationRequest, method: str, masks: Masks, granularity: str, started: float,
+    table: LayerTable,
+    request: AllocationRequest,
+    method: str,
+    masks: Masks,
+    granularity: str,
+    started: float,
     status: str = "masked",
 ) -> MaskResult:
     """The MaskResult of a mask method: dense widths, the masks' densities and their theoretical cost."""
