@@ -5,8 +5,9 @@
 #   start_mlflow.sh --stop [--state-dir DIR]
 #
 # Artifacts are proxied (--artifacts-destination), so trials on worker nodes upload through the server
-# and never write to their own disks. The server binds ADDR only: by default this machine's first private
-# address (a cluster head's), never 0.0.0.0; reach it from a laptop through an SSH tunnel.
+# and never write to their own disks. The server binds ADDR only: 127.0.0.1 unless --host names another
+# address (a cluster head passes its private address so workers can log), never 0.0.0.0; reach it from
+# a laptop through an SSH tunnel.
 # Running it again while the server answers does nothing, so a head's setup commands may repeat it.
 set -euo pipefail
 
@@ -47,10 +48,7 @@ fi
 [ -n "$backend" ] || die "--backend is required, e.g. postgresql://USER@/mlflow?host=/var/run/postgresql"
 [ -n "$artifacts" ] || die "--artifacts is required, e.g. s3://BUCKET/mlflow-artifacts or a directory"
 [[ "$port" =~ ^[0-9]+$ ]] || die "--port must be a number, got $port"
-if [ -z "$host" ]; then
-    host="$(hostname -I 2>/dev/null | awk '{print $1}')"
-    [ -n "$host" ] || die "cannot find this machine's private address; pass --host"
-fi
+[ -n "$host" ] || host=127.0.0.1
 case "$host" in
     0.0.0.0 | "::" | "[::]") die "refusing to listen on every interface ($host); pass a private address" ;;
 esac

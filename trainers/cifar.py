@@ -2,7 +2,8 @@
 
 We read the batches ourselves (torchvision's dataset classes refuse files whose MD5 differs from the
 official archive, which rules out testing on small files in the same format) and only use torchvision to
-download, when the user allows it. The batches are pickles: only point --data-dir at files you trust.
+download, when the user allows it. The batches are pickles, read by an unpickler that accepts only numpy
+arrays and plain containers.
 """
 
 from __future__ import annotations
@@ -57,10 +58,27 @@ def _get(entry: dict[Any, Any], key: str) -> Any:
     raise DataError(f"CIFAR batch has no {key!r} entry")
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR batch holds (dicts, lists, bytes, numpy arrays) and refuses anything else,
+    so a tampered file cannot run code when it is loaded."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 rebuild bytes
+    })  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Only the numpy array machinery; anything else is an UnpicklingError."""
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[Any, Any]:
     try:
         with path.open("rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
+            entry = _BatchUnpickler(handle, encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError) as exc:
         raise DataError(f"cannot read CIFAR batch {path}: {exc}") from exc
     if not isinstance(entry, dict):

@@ -156,3 +156,19 @@ def test_resident_batches_cover_the_split_once_per_epoch() -> None:
     assert first.is_contiguous(memory_format=torch.channels_last)
     ordered = torch.cat([y for _, y in batches.eval_batches()])
     assert torch.equal(ordered, data.train.labels)
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from trainers.cifar import _unpickle
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Payload()}, protocol=2))
+    with pytest.raises(DataError, match=r"refusing to load posix\.system from a CIFAR batch"):
+        _unpickle(path)
+    assert not (tmp_path / "pwned").exists()
