@@ -137,7 +137,9 @@ def _reconcile_trial(
         costs = {k: float(last[k]) for k in ("macs", "params", "latency_ms") if _number(last.get(k))}
         log_setup(log, setup_params(config, point, saved.plan, seed), setup_metrics(saved.plan, costs), saved.plan,
                   _widths_table(saved.plan))  # fmt: skip
-    done.metrics_logged += _log_missing_metrics(client, log.run_id, [epoch_metrics(r) for r in rows])
+    # a diverged trial's last report repeats its last finished epoch (or holds no epoch at all)
+    epochs = [epoch_metrics(r) for r in rows if r.get(DIVERGED_KEY) != 1 and _number(r.get("epoch"))]
+    done.metrics_logged += _log_missing_metrics(client, log.run_id, epochs)
     if run.info.status not in tracking.ACTIVE and tracking.OUTCOME_TAG in run.data.tags:
         return
     if last.get(COMPLETE_KEY) == 1 and saved.state is not None and saved.plan is not None:

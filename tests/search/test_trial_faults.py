@@ -47,6 +47,9 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path: Path) -> None:
         assert run.info.status == "FAILED"
         assert "non-finite" in run.data.tags["precrop.reason"] or "nan" in run.data.tags["precrop.reason"].lower()
         assert float(run.data.params["recipe.lr"]) > 1.0
+        # no made-up accuracy: only finished epochs (steps >= 1) carry val_acc
+        history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id, "val_acc")
+        assert all(m.step >= 1 for m in history), [(m.step, m.value) for m in history]
     for run in completed:
         assert run.info.status == "FINISHED"
     assert f"{len(diverged)} failed" in result.stdout  # the summary counts them; the front is built from the rest
