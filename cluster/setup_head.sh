@@ -44,4 +44,4 @@ host="$(hostname -I | awk '{print $1}')"
 grep -qxF "source ~/.precrop-env" "$HOME/.bashrc" || echo "source ~/.precrop-env" >>"$HOME/.bashrc"
 
 PATH="$HOME/precrop-venv/bin:$PATH" bash "$here/start_mlflow.sh" --host "$host" --port 5000 \
-    --backend "postgresql://$user@/mlflow?host=/var/run/postgresql" --artifacts "$bucket/mlflow-artifacts"
+    --backend "postgresql+psycopg2://$user@/mlflow?host=/var/run/postgresql" --artifacts "$bucket/mlflow-artifacts"

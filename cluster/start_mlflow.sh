@@ -45,7 +45,7 @@ if [ "$stop" = 1 ]; then
     exit 0
 fi
 
-[ -n "$backend" ] || die "--backend is required, e.g. postgresql://USER@/mlflow?host=/var/run/postgresql"
+[ -n "$backend" ] || die "--backend is required, e.g. postgresql+psycopg2://USER@/mlflow?host=/var/run/postgresql"
 [ -n "$artifacts" ] || die "--artifacts is required, e.g. s3://BUCKET/mlflow-artifacts or a directory"
 [[ "$port" =~ ^[0-9]+$ ]] || die "--port must be a number, got $port"
 [ -n "$host" ] || host=127.0.0.1

@@ -143,7 +143,7 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], cos
     axes.set_title(title)
     axes.grid(alpha=0.3)
     if records:
-        axes.legend(fontsize=8, loc="lower right")
+        axes.legend(fontsize=8, loc="best")  # "best" keeps the legend off the points
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
