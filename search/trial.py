@@ -126,8 +126,9 @@ def setup_metrics(plan: WidthPlan, costs: dict[str, float]) -> dict[str, float]:
 
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trainer's own metrics of one epoch, out of a Tune result (which adds costs and bookkeeping)."""
-    return {k: float(v) for k, v in result.items()
-            if k not in RESULT_EXTRAS and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+    # "/" marks a nested field flattened by Tune's result files (config/lr, ...): never an epoch metric
+    return {k: float(v) for k, v in result.items() if k not in RESULT_EXTRAS and "/" not in k
+            and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
 
 
 class _Trial:

@@ -17,6 +17,9 @@ from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
 from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, write_config
 
 EPOCHS = 3
+# fields of a Tune result that are not the trial's metrics (config/lr etc. are caught by their "/")
+TUNE_BOOKKEEPING = {"training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "pid", "trial_complete",
+                    "tracking_lost", "done", "time_since_restore", "iterations_since_restore"}  # fmt: skip
 
 
 def _config(name: str, trials: int, epochs: int = EPOCHS) -> dict[str, Any]:
@@ -54,6 +57,8 @@ def _assert_fully_logged(client: MlflowClient, experiment: str, trials: int, epo
             assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
         assert {m.step for m in client.get_metric_history(run_id, "macs")} == {0}
         assert run.data.params["allocator"] in ("synexp", "uniform")
+        bookkeeping = {k for k in run.data.metrics if "/" in k or k in TUNE_BOOKKEEPING}
+        assert not bookkeeping, f"Tune's result fields logged as metrics: {sorted(bookkeeping)}"
         assert float(run.data.metrics["final_val_acc"]) == float(run.data.metrics["val_acc"])
         artifacts = {f.path for folder in ("plan", "model") for f in client.list_artifacts(run_id, folder)}
         assert {"plan/plan.json", "plan/widths.txt", "model/plan.json", "model/model.pt"} <= artifacts
@@ -62,6 +67,20 @@ def _assert_fully_logged(client: MlflowClient, experiment: str, trials: int, epo
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert "pareto.png" in {f.path for f in client.list_artifacts(parents[0].info.run_id)}
     assert any(r.data.tags.get("pareto") == "true" for r in _trial_runs(client, experiment))
+
+
+def _assert_same_metric_names(original: MlflowClient, relogged: MlflowClient, experiment: str) -> None:
+    """Re-logged runs hold the trials' own metrics, no more (Tune's bookkeeping stays out), and no fewer
+    except the trial's wall-clock timings, which only the trial itself can measure."""
+    names = {
+        side: {r.data.tags["precrop.trial_id"]: set(r.data.metrics) for r in _trial_runs(client, experiment)}
+        for side, client in (("original", original), ("relogged", relogged))
+    }
+    assert names["original"].keys() == names["relogged"].keys()
+    for trial, logged in names["original"].items():
+        again = names["relogged"][trial]
+        assert again <= logged, again - logged
+        assert logged - again <= {"time_setup_s", "time_reporting_s", "time_training_s"}, logged - again
 
 
 def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(tmp_path: Path) -> None:
@@ -77,6 +96,7 @@ def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(tmp_path: 
     assert "parent run is not in this MLflow" in again.stdout
     assert "2 runs created" in again.stdout
     _assert_fully_logged(MlflowClient(fresh), "relog", trials=2, epochs=EPOCHS)
+    _assert_same_metric_names(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), MlflowClient(fresh), "relog")
 
     # idempotent: a second pass finds nothing to add and the original store is already complete
     third = run_precrop(tmp_path, "reconcile", str(search_dir), "--tracking-uri", fresh)
