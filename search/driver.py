@@ -143,20 +143,26 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
 def _new_handle(
     client: Any, config: ExperimentConfig, experiment: str, uri: str, study: Study | None = None
 ) -> SearchHandle:
-    from search import tracking
-
     kind = f"-{study.kind}" if study else ""
     name = f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     path = _storage_root(config) + "/" + name
-    shown = _redacted(config)
-    params = {**tracking.flatten(shown), "search_dir": path}
-    parent = tracking.start_parent_run(client, experiment, name, params)
-    tags = {SEARCH_TAG: name, CONFIG_NAME_TAG: config.name, CONFIG_TAG: json.dumps(shown),
-            "precrop.search_dir": path}  # fmt: skip
-    if study:
-        tags[STUDY_TAG] = study.kind
-    tracking.set_tags(client, parent, tags)
+    parent = open_parent_run(client, experiment, name, path, _redacted(config), study.kind if study else None)
     return SearchHandle(name, path, experiment, parent, uri)
+
+
+def open_parent_run(
+    client: Any, experiment: str, name: str, path: str, shown: dict[str, Any], study_kind: str | None
+) -> str:
+    """Create a search's parent run: the (redacted) config as params and tag, the name and Tune directory."""
+    from search import tracking
+
+    parent = tracking.start_parent_run(client, experiment, name, {**tracking.flatten(shown), "search_dir": path})
+    tags = {SEARCH_TAG: name, CONFIG_NAME_TAG: str(shown["name"]), CONFIG_TAG: json.dumps(shown),
+            "precrop.search_dir": path}  # fmt: skip
+    if study_kind:
+        tags[STUDY_TAG] = study_kind
+    tracking.set_tags(client, parent, tags)
+    return parent
 
 
 def _resume_handle(client: Any, config: ExperimentConfig, experiment: str, uri: str) -> SearchHandle:

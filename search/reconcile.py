@@ -112,51 +112,42 @@ def reconcile_search(client: Any, record: SearchRecord) -> Reconciled:
     return done
 
 
-@dataclass
-class _Saved:
-    """A trial's latest checkpoint: its run id, plan and loop state (weights and epoch history)."""
-
-    run_id: str | None = None
-    plan: WidthPlan | None = None
-    state: dict[str, Any] | None = None
-
-
 def _reconcile_trial(
     client: Any, record: SearchRecord, config: ExperimentConfig, trial: Any, rows: list[dict[str, Any]],
     done: Reconciled,
 ) -> None:  # fmt: skip
-    from search.trial import epoch_metrics, log_final, log_setup, setup_metrics, setup_params
+    from search.trial import epoch_metrics, log_final, log_setup, read_checkpoint, setup_metrics, setup_params
 
-    saved = _read_checkpoint(trial.checkpoint)
+    saved = read_checkpoint(trial.checkpoint)
+    plan = saved.plan if saved else None
     log = RunLogger(client, strict=True)
-    run = _find_or_create_run(log, record, trial, saved, done)
+    run = _find_or_create_run(log, record, trial, saved.run_id if saved else None, done)
     point = TrialPoint.from_config(trial.config)
     last = rows[-1] if rows else {}
-    if "allocator" not in run.data.params and saved.plan is not None:
+    if "allocator" not in run.data.params and plan is not None:
         seed = point.seed if point.seed is not None else config.search.seed
         costs = {k: float(last[k]) for k in ("macs", "params", "latency_ms") if _number(last.get(k))}
-        log_setup(log, setup_params(config, point, saved.plan, seed), setup_metrics(saved.plan, costs), saved.plan,
-                  _widths_table(saved.plan))  # fmt: skip
+        log_setup(log, setup_params(config, point, plan, seed), setup_metrics(plan, costs), plan, _widths_table(plan))
     # a diverged trial's last report repeats its last finished epoch (or holds no epoch at all)
     epochs = [epoch_metrics(r) for r in rows if r.get(DIVERGED_KEY) != 1 and _number(r.get("epoch"))]
     done.metrics_logged += _log_missing_metrics(client, log.run_id, epochs)
     if run.info.status not in tracking.ACTIVE and tracking.OUTCOME_TAG in run.data.tags:
         return
-    if last.get(COMPLETE_KEY) == 1 and saved.state is not None and saved.plan is not None:
+    if last.get(COMPLETE_KEY) == 1 and saved is not None and plan is not None:
         done.models_logged += not client.list_artifacts(log.run_id, "model")
         epoch = int(last["epoch"])
-        log_final(log, saved.plan, saved.state["model"], {"final_val_acc": float(last["val_acc"])}, epoch)
+        log_final(log, plan, saved.state["model"], {"final_val_acc": float(last["val_acc"])}, epoch)
     else:
         status, outcome, reason = _ending(trial.status, last)
         tracking.end_run(client, str(log.run_id), status, outcome, reason)
     done.runs_ended += 1
 
 
-def _find_or_create_run(log: RunLogger, record: SearchRecord, trial: Any, saved: _Saved, done: Reconciled) -> Any:
+def _find_or_create_run(log: RunLogger, record: SearchRecord, trial: Any, known: str | None, done: Reconciled) -> Any:
     """The trial's run: the one its checkpoint names (if this server has it under this search), else the
     one tagged with its trial id, else a new one."""
     client = log.client
-    run = _run_of_search(client, saved.run_id, record.parent_run_id) if saved.run_id else None
+    run = _run_of_search(client, known, record.parent_run_id) if known else None
     if run is None:
         found = tracking.find_trial_run(client, record.experiment_id, record.parent_run_id, trial.trial_id)
         run = client.get_run(found) if found else None
@@ -203,21 +194,6 @@ def _ending(tune_status: str, last: dict[str, Any]) -> tuple[str, str, str]:
     if tune_status == "TERMINATED":
         return "KILLED", "stopped", "stopped early by ASHA (re-logged from Tune)"
     return "KILLED", "interrupted", f"the search ended with the trial {tune_status.lower()}"
-
-
-def _read_checkpoint(checkpoint: Any) -> _Saved:
-    from search.trial import META_FILE
-    from trainers.checkpoint import PLAN_FILE, load_train_state
-
-    if checkpoint is None:
-        return _Saved()
-    with checkpoint.as_directory() as folder:
-        root = Path(folder)
-        meta = json.loads((root / META_FILE).read_text()) if (root / META_FILE).is_file() else {}
-        plan = WidthPlan.from_json((root / PLAN_FILE).read_text()) if (root / PLAN_FILE).is_file() else None
-        state = load_train_state(root)
-    run_id = meta.get("run_id")
-    return _Saved(str(run_id) if run_id else None, plan, state)
 
 
 def _widths_table(plan: WidthPlan) -> str:

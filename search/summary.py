@@ -136,7 +136,7 @@ def _with_parent_run(client: Any, record: Any) -> Any:
     """The record, with a new parent run (and experiment) when the server no longer has the original."""
     from mlflow.exceptions import MlflowException
 
-    from search.driver import CONFIG_TAG, SEARCH_TAG
+    from search.driver import open_parent_run
     from search.reconcile import write_record
 
     try:
@@ -146,10 +146,8 @@ def _with_parent_run(client: Any, record: Any) -> Any:
         pass
     config = record.experiment_config()
     experiment = tracking.experiment_id(client, config.experiment_name)
-    parent = tracking.start_parent_run(client, experiment, record.name, tracking.flatten(record.config))
-    tags = {SEARCH_TAG: record.name, CONFIG_TAG: json.dumps(record.config), "precrop.search_dir": record.path,
-            "precrop.config_name": config.name}  # fmt: skip
-    tracking.set_tags(client, parent, tags)
+    kind = record.study["kind"] if record.study else None
+    parent = open_parent_run(client, experiment, record.name, record.path, record.config, kind)
     print(f"note: {record.name}'s parent run is not in this MLflow; logged it again as {parent}")
     updated = dataclasses.replace(record, experiment_id=experiment, parent_run_id=parent)
     write_record(updated)

@@ -74,6 +74,7 @@ class Resume:
     state: TrainState
     run_id: str | None
     latency_ms: float
+    plan: WidthPlan | None = None  # absent from checkpoints written before plans were saved in them
 
 
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
@@ -82,7 +83,7 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     tracking.bound_http_retries()
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
-    resume = _read_checkpoint(tune.get_checkpoint())
+    resume = read_checkpoint(tune.get_checkpoint())
     log = RunLogger(MlflowClient(tracking_uri=setup.tracking_uri))
     known = resume.run_id if resume else None
     fresh = log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, known)
@@ -274,16 +275,19 @@ class _Trial:
             self.reporting_seconds += time.perf_counter() - entered
 
 
-def _read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:
+def read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:
+    """What a trial's checkpoint holds (None for none): loop state, run id, latency and plan."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        state = load_train_state(Path(folder))
-        meta = json.loads((Path(folder) / META_FILE).read_text())
+        root = Path(folder)
+        state = load_train_state(root)
+        meta = json.loads((root / META_FILE).read_text())
+        plan = WidthPlan.from_json((root / PLAN_FILE).read_text()) if (root / PLAN_FILE).is_file() else None
     if state is None:
         return None
     run_id = meta.get("run_id")
-    return Resume(state=state, run_id=str(run_id) if run_id else None, latency_ms=float(meta["latency_ms"]))
+    return Resume(state, str(run_id) if run_id else None, float(meta["latency_ms"]), plan)
 
 
 def log_setup(log: RunLogger, params: dict[str, Any], metrics: dict[str, float], plan: WidthPlan, widths: str) -> None:
