@@ -24,6 +24,8 @@ from precrop.errors import UserError
 
 COST_OBJECTIVES = ("macs", "params", "latency_ms")
 SAMPLERS = ("tpe", "nsga2")
+# early-stopping rules: Pareto-ranked rungs on (val_acc, cost) (search/scheduler.py), or Ray's ASHA on val_acc
+ASHA_MODES = ("pareto", "accuracy")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "PRECROP_STORAGE_PATH"
 
@@ -104,9 +106,14 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class AshaConfig:
-    """Asynchronous successive halving on validation accuracy (epochs are its time unit)."""
+    """Asynchronous successive halving (epochs are its time unit); `enabled: false` trains every trial to the end.
+
+    `mode: pareto` ranks each rung by dominance on (val_acc, the cost objective), so cheap trials are
+    compared only with trials at least as cheap; `mode: accuracy` is Ray's ASHA on val_acc alone.
+    """
 
     enabled: bool = True
+    mode: str = "pareto"
     grace_period: int = 1
     reduction_factor: float = 2.0
 
@@ -311,8 +318,7 @@ def validate(config: ExperimentConfig) -> None:
     _choice("search.sampler", search.sampler, SAMPLERS)
     _require(_finite(config.resources.cpu) and config.resources.cpu > 0, "resources.cpu", "must be positive")
     _require(0 <= config.resources.gpu <= 1, "resources.gpu", "must be a GPU fraction in [0, 1]")
-    _require(config.asha.grace_period >= 1, "asha.grace_period", "must be at least 1 epoch")
-    _require(config.asha.reduction_factor > 1, "asha.reduction_factor", "must be greater than 1")
+    _validate_asha(config.asha, config.space.epochs)
     if config.mlflow.tracking_uri is not None:
         _check_tracking_uri(config.mlflow.tracking_uri, "mlflow.tracking_uri")
     _require(config.ray.max_failures >= 0, "ray.max_failures", "must be 0 or more")
@@ -322,6 +328,15 @@ def validate(config: ExperimentConfig) -> None:
     _require(_finite(wait) and wait >= 0, "ray.gpu_wait_s", "must be 0 or more seconds")
     if config.ray.storage_path is not None:
         _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
+
+
+def _validate_asha(asha: AshaConfig, epochs: int) -> None:
+    _choice("asha.mode", asha.mode, ASHA_MODES)
+    _require(asha.grace_period >= 1, "asha.grace_period", "must be at least 1 epoch")
+    if asha.enabled:
+        _require(asha.grace_period < epochs, "asha.grace_period",
+                 f"must be below space.epochs ({epochs}): no trial could be stopped (or set asha.enabled: false)")  # fmt: skip
+    _require(_finite(asha.reduction_factor) and asha.reduction_factor >= 2, "asha.reduction_factor", "must be 2 or more")
 
 
 def _check_tracking_uri(uri: str, source: str) -> None:

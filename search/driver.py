@@ -237,6 +237,7 @@ def _fit(
     from ray import tune
 
     from search.progress import ProgressAndRunCloser
+    from search.scheduler import ParetoASHA, SchedulerStateKeeper
     from search.searcher import ParetoOptunaSearch, make_sampler, objectives
     from search.space import param_space
     from search.trial import TrialSetup, run_trial
@@ -246,8 +247,12 @@ def _fit(
     trials = study.trials if study else config.search.trials
     progress = ProgressAndRunCloser(handle.tracking_uri, handle.experiment_id, handle.parent_run_id,
                                     trials, config.objectives.cost)  # fmt: skip
+    scheduler = None if study or resume else _scheduler(config)
+    callbacks: list[Any] = [progress]
+    if isinstance(scheduler, ParetoASHA):
+        callbacks.append(SchedulerStateKeeper(scheduler))  # Ray saves no scheduler state; this callback does
     run_config = tune.RunConfig(
-        name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=[progress],
+        name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
     )  # fmt: skip
@@ -263,12 +268,13 @@ def _fit(
         tuner = tune.Tuner.restore(handle.path, trainable=trainable, resume_errored=True)
     else:
         metrics, modes = objectives(config)
-        searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config))
+        searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config),
+                                      epochs=config.space.epochs)  # fmt: skip
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(config.space),
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=_scheduler(config), num_samples=config.search.trials,
+                search_alg=searcher, scheduler=scheduler, num_samples=config.search.trials,
                 max_concurrent_trials=config.search.concurrency,
             ),
             run_config=run_config,
@@ -373,14 +379,19 @@ def _wait_for_gpus(timeout_s: float, per_trial: float) -> None:
 
 
 def _scheduler(config: ExperimentConfig) -> Any:
+    """The early-stopping rule `asha` asks for: Pareto-ranked rungs (default), Ray's ASHA on val_acc, or none."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
-    if not config.asha.enabled:
+    from search.scheduler import ParetoASHA
+
+    asha = config.asha
+    if not asha.enabled:
         return FIFOScheduler()
+    if asha.mode == "pareto":
+        return ParetoASHA(config.objectives.cost, config.space.epochs, asha.grace_period, asha.reduction_factor)
     return AsyncHyperBandScheduler(
         time_attr="training_iteration", metric="val_acc", mode="max", max_t=config.space.epochs,
-        grace_period=min(config.asha.grace_period, config.space.epochs),
-        reduction_factor=config.asha.reduction_factor,
+        grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
     )  # fmt: skip
 
 

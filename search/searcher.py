@@ -2,8 +2,17 @@
 
 Ray's `OptunaSearch.on_trial_complete` marks an ASHA-stopped trial COMPLETE with its early accuracy
 (so it can join Optuna's Pareto front) and marks an errored trial COMPLETE when it had reported once.
-Here a trial is COMPLETE only when its last report says it trained every epoch (`trial_complete` = 1);
-a trial stopped early is PRUNED; an errored or diverged trial is FAIL.
+Here an errored or diverged trial is FAIL, and every other trial is told COMPLETE with its last
+(accuracy, cost) and the constraint `untrained_fraction` (the share of the epochs it did not train):
+0 for a trial that trained to the end, > 0 for one the scheduler stopped, which makes it infeasible.
+
+Why a stopped trial is not PRUNED: Optuna's samplers would then learn little or nothing from it.
+NSGA-II builds its generations from COMPLETE trials only (optuna/samplers/_ga/_base.py), so with
+half the trials stopped it keeps sampling its random first generation about twice as long. Told
+COMPLETE but infeasible, a stopped trial counts toward its generation and ranks below every
+fully trained trial (constrained domination); TPE puts infeasible trials in its "bad" group, ordered
+by how early they were stopped, as it does with PRUNED ones. Infeasible trials never enter
+`study.best_trials`, so Optuna's front still holds only fully trained trials.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ logger = logging.getLogger(__name__)
 ACCURACY = "val_acc"
 COMPLETE_KEY = "trial_complete"
 DIVERGED_KEY = "diverged"
+EPOCH_KEY = "epoch"
+# Optuna constraint on every told trial: > 0 (infeasible) for a trial stopped before its last epoch
+UNTRAINED_KEY = "untrained_fraction"
 # a result carries this once its trial could no longer log to MLflow (see search/run_logger.py)
 TRACKING_LOST_KEY = "tracking_lost"
 
@@ -40,33 +52,42 @@ def make_sampler(config: ExperimentConfig) -> optuna.samplers.BaseSampler:
 
 
 class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch whose completion states are COMPLETE / PRUNED / FAIL as described above."""
+    """OptunaSearch whose completions are COMPLETE (feasible or not) or FAIL, as described above."""
+
+    def __init__(self, *args: Any, epochs: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs  # a trial's full schedule: how far a stopped trial got is measured against it
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        """Tell Optuna how the trial ended; never COMPLETE unless it trained to the last epoch."""
+        """Tell Optuna how the trial ended; feasible only if it trained to the last epoch."""
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        state, values = completion_state(self.metric, result, error)
+        state, values, untrained = completion_state(self.metric, result, error, self.epochs)
         study: Any = self._ot_study
+        ot_trial = self._ot_trials[trial_id]
         try:
-            study.tell(self._ot_trials[trial_id], values, state=state)
+            if state == TrialState.COMPLETE:
+                ot_trial.set_constraint(UNTRAINED_KEY, untrained)
+            study.tell(ot_trial, values, state=state)
         except (ValueError, RuntimeError) as exc:  # e.g. a NaN objective
             logger.warning("optuna rejected the result of trial %s: %s", trial_id, exc)
-            study.tell(self._ot_trials[trial_id], None, state=TrialState.FAIL)
+            study.tell(ot_trial, None, state=TrialState.FAIL)
         self._completed_trials.add(trial_id)
 
 
 def completion_state(
-    metrics: list[str] | str, result: dict[str, Any] | None, error: bool
-) -> tuple[TrialState, list[float] | None]:
-    """The Optuna state (and values, for COMPLETE) for a trial that ended with `result`."""
+    metrics: list[str] | str, result: dict[str, Any] | None, error: bool, epochs: int = 1
+) -> tuple[TrialState, list[float] | None, float]:
+    """The Optuna state, values and untrained fraction (the constraint) of a trial that ended with `result`."""
     if error or result is None or result.get(DIVERGED_KEY):
-        return TrialState.FAIL, None
-    if not result.get(COMPLETE_KEY):
-        return TrialState.PRUNED, None
+        return TrialState.FAIL, None, 1.0
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     missing = [m for m in names if result.get(m) is None]
     if missing:
-        logger.warning("a finished trial did not report %s; marked FAIL", ", ".join(missing))
-        return TrialState.FAIL, None
-    return TrialState.COMPLETE, [float(result[m]) for m in names]
+        logger.warning("a trial ended without reporting %s; marked FAIL", ", ".join(missing))
+        return TrialState.FAIL, None, 1.0
+    values = [float(result[m]) for m in names]
+    if result.get(COMPLETE_KEY):
+        return TrialState.COMPLETE, values, 0.0
+    trained = min(float(result.get(EPOCH_KEY, 0)), epochs - 1) / max(1, epochs)
+    return TrialState.COMPLETE, values, 1.0 - trained
