@@ -43,12 +43,17 @@ def objectives(config: ExperimentConfig) -> tuple[list[str], list[str]]:
     return [ACCURACY, config.objectives.cost], ["max", "min"]
 
 
+def startup_trials(config: ExperimentConfig) -> int:
+    """How many first trials TPE samples without a model (and the search spreads over the budget range)."""
+    return min(config.search.trials, 10, max(2, config.search.trials // 2))
+
+
 def make_sampler(config: ExperimentConfig) -> optuna.samplers.BaseSampler:
     """TPE (default) or NSGA-II, seeded from the config."""
     seed = config.search.seed
     if config.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, config.search.concurrency * 2))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.search.trials // 2)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(config))
 
 
 class ParetoOptunaSearch(OptunaSearch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,39 @@ def param_space(space: SpaceConfig) -> dict[str, Any]:
         else:
             domains[name] = tune.uniform(low, high)
     return domains
+
+
+def initial_points(space: SpaceConfig, count: int, seed: int) -> list[dict[str, Any]]:
+    """The search's first `count` points: budgets spread evenly (log scale) over the budget range.
+
+    Why: the product is a front over the whole cost range, and a handful of purely random first
+    budgets often leaves one end of it empty (8 quickstart trials drew budgets only from 0.21 to
+    0.98). The budgets are the centres of `count` equal slices of [log low, log high], taken from
+    both ends inwards so the first trials to run bracket the range; allocators take turns; the other
+    dimensions are drawn at random from their ranges, seeded, as the sampler's own random start would.
+    """
+    rng = random.Random(seed)
+    low, high = space.budget
+    centres = [low * (high / low) ** ((i + 0.5) / count) for i in range(count)]
+    ends_first = [centres[i // 2] if i % 2 == 0 else centres[count - 1 - i // 2] for i in range(count)]
+    points = []
+    for i, budget in enumerate(ends_first):
+        points.append({
+            "allocator": space.allocators[i % len(space.allocators)], "budget": budget,
+            "lr": _draw(rng, space.lr, log=True), "weight_decay": _draw(rng, space.weight_decay, log=True),
+            "label_smoothing": _draw(rng, space.label_smoothing, log=False),
+            "batch_size": space.batch_size[rng.randrange(len(space.batch_size))],
+        })  # fmt: skip
+    return points
+
+
+def _draw(rng: random.Random, bounds: tuple[float, float], log: bool) -> float:
+    low, high = bounds
+    if low == high:
+        return low
+    if log and low > 0:
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
+    return rng.uniform(low, high)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""The shipped quickstart, run as the README runs it, ends with a front that spans the cost range.
+
+Guards the default Pareto-ranked rungs (search/scheduler.py) and the spread first budgets
+(search/space.py); benchmarks/front_quality.py measures what they buy against the alternatives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.search.conftest import ROOT, run_precrop
+
+
+def test_quickstart_front_has_three_members_over_a_3x_macs_range(tmp_path: Path) -> None:
+    done = run_precrop(tmp_path, "search", str(ROOT / "configs" / "quickstart.yaml"), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    shown = run_precrop(tmp_path, "pareto", "--experiment", "quickstart", "--json")
+    assert shown.returncode == 0, shown.stderr
+    front = json.loads(shown.stdout)
+    macs = sorted(member["macs"] for member in front)
+    assert len(front) >= 3, front
+    assert macs[-1] >= 3 * macs[0], macs
+    assert all(member["status"] == "FINISHED" for member in front)
+    # every trial ended: trained to the end, or stopped at a rung (never left running)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment is not None
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("precrop.role") == "trial"]
+    assert len(trials) == 8
+    assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"}
