@@ -334,9 +334,10 @@ def _validate_asha(asha: AshaConfig, epochs: int) -> None:
     _choice("asha.mode", asha.mode, ASHA_MODES)
     _require(asha.grace_period >= 1, "asha.grace_period", "must be at least 1 epoch")
     if asha.enabled:
-        _require(asha.grace_period < epochs, "asha.grace_period",
-                 f"must be below space.epochs ({epochs}): no trial could be stopped (or set asha.enabled: false)")  # fmt: skip
-    _require(_finite(asha.reduction_factor) and asha.reduction_factor >= 2, "asha.reduction_factor", "must be 2 or more")
+        why = f"must be below space.epochs ({epochs}): no trial could be stopped (or set asha.enabled: false)"
+        _require(asha.grace_period < epochs, "asha.grace_period", why)
+    factor = asha.reduction_factor
+    _require(_finite(factor) and factor >= 2, "asha.reduction_factor", "must be 2 or more")
 
 
 def _check_tracking_uri(uri: str, source: str) -> None:

@@ -73,7 +73,7 @@ def milestones(max_t: int, grace_period: int, reduction_factor: float) -> list[i
     rungs: list[int] = []
     k = 0
     while True:
-        epoch = int(round(grace_period * reduction_factor**k))
+        epoch = round(grace_period * reduction_factor**k)
         if epoch >= max_t:
             return rungs
         if not rungs or epoch > rungs[-1]:
