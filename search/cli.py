@@ -106,9 +106,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)
         return run_search(config, study=study)
     if args.command == "reconcile":
+        from search.reconcile import one_line_errors
         from search.summary import run_reconcile
 
-        return run_reconcile(args)
+        with one_line_errors(args.search_dir):
+            return run_reconcile(args)
     if args.command == "pareto":
         from search.summary import run_pareto
 

@@ -51,6 +51,9 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # one checkpoint per epoch of short trials is expected here, not a misconfiguration to warn about
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a reused actor waits this long for its previous trial's thread (an ASHA-stopped trial ends its
+    # MLflow run on the way out; MLflow gives up on a lost server within about 10 s)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")
     from search import tracking
 
     started = time.perf_counter()
@@ -75,17 +78,19 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
         write_record(SearchRecord(handle.name, handle.path, uri, experiment, handle.parent_run_id, config.to_dict(),
                                   dataclasses.asdict(study) if study else None))  # fmt: skip
         _announce(config, handle, study)
-        _run_tuner(config, handle, resources, resume, study, client)
+        from ray.tune import Tuner
+
+        restore = resume and Tuner.can_restore(handle.path)  # see _resume_handle
+        _run_tuner(config, handle, resources, restore, study, client)
     finally:
         ray.shutdown()
     try:
         _finish(client, config, handle, study)
-    except tracking.TRACKING_FAILURES as exc:
-        why = tracking.redact_uri(tracking.first_line(exc))
-        raise tracking.TrackingError(
-            f"MLflow at {tracking.redact_uri(uri)} stopped answering ({why}); every trial's results are kept by "
-            f"Tune in {handle.path}: once the server is back, run `precrop reconcile {handle.path}`"
-        ) from exc
+    except BaseException as exc:
+        failure = _finish_failed(client, handle, uri, exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     print(f"search took {time.perf_counter() - started:.0f} s")
     print_ui_hint(handle)
     return 0
@@ -100,17 +105,52 @@ def _announce(config: ExperimentConfig, handle: SearchHandle, study: Study | Non
 
 def _finish(client: Any, config: ExperimentConfig, handle: SearchHandle, study: Study | None) -> None:
     """Re-log what trials could not (see search/reconcile.py), then the front (or the study's table)."""
+    from search.latency import retime_search
     from search.reconcile import read_record, reconcile_search
     from search.summary import summarize, summarize_study
 
     done = reconcile_search(client, read_record(handle.path))
     if done.runs_created or done.metrics_logged or done.models_logged:
         print(done.describe(), flush=True)
+    retimed = retime_search(client, config, handle.experiment_id, handle.parent_run_id)  # before the front
+    if retimed.runs:
+        print(retimed.describe(), flush=True)
     if study is None:
         summarize(client, config, handle)
     else:
         summarize_study(client, config, handle, study)
     client.set_terminated(handle.parent_run_id, status="FINISHED")
+
+
+def _finish_failed(client: Any, handle: SearchHandle, uri: str, exc: BaseException) -> BaseException:
+    """What to raise when the end of a search failed; the parent run does not stay RUNNING.
+
+    MLflow's own failures name the server; a local file error (a path under the Tune directory that is
+    gone, a disk that is full) names the path and is not blamed on MLflow. Either way Tune keeps every
+    result, so `precrop reconcile` can finish the job later.
+    """
+    from precrop.errors import UserError
+    from search import tracking
+
+    later = f"every trial's results are kept by Tune in {handle.path}"
+    if isinstance(exc, tracking.TRACKING_FAILURES) and not tracking.local_file_error(exc):
+        why = tracking.redact_uri(tracking.first_line(exc))
+        return tracking.TrackingError(
+            f"MLflow at {tracking.redact_uri(uri)} stopped answering ({why}); {later}: once the server is back, "
+            f"run `precrop reconcile {handle.path}`"
+        )  # fmt: skip
+    reason = f"the search's end failed: {type(exc).__name__}: {tracking.first_line(exc)}"
+    try:
+        tracking.set_tags(client, handle.parent_run_id, {"precrop.reason": reason[:5000]})
+        client.set_terminated(handle.parent_run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+    except tracking.TRACKING_FAILURES as failed:
+        print(f"warning: could not end the parent run: {tracking.first_line(failed)}", file=sys.stderr)
+    if tracking.local_file_error(exc):
+        return UserError(
+            f"{tracking.describe_file_error(exc)} (a local file, not MLflow); {later}: once the path is back, "
+            f"run `precrop reconcile {handle.path}`"
+        )  # fmt: skip
+    return exc
 
 
 def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
@@ -187,8 +227,11 @@ def _resume_handle(client: Any, config: ExperimentConfig, experiment: str, uri: 
     from ray.tune import Tuner
 
     if not Tuner.can_restore(path):
-        raise ConfigError(f"cannot resume {parent.data.tags[SEARCH_TAG]}: no Tune state in {path}")
-    print(f"resuming search {parent.data.tags[SEARCH_TAG]} from {path}", flush=True)
+        # killed before its Tuner was built (Tune saves tuner.pkl then, before any trial runs): start over
+        print(f"note: search {parent.data.tags[SEARCH_TAG]} stopped before Tune saved any state in {path}: "
+              "its trials start from the beginning, under the same parent run", flush=True)  # fmt: skip
+    else:
+        print(f"resuming search {parent.data.tags[SEARCH_TAG]} from {path}", flush=True)
     return SearchHandle(parent.data.tags[SEARCH_TAG], path, experiment, parent.info.run_id, uri)
 
 
@@ -213,10 +256,13 @@ def _run_tuner(
 ) -> None:  # fmt: skip
     """Run the trials; if the driver dies (Ctrl-C, an error), no run is left RUNNING."""
     from search import tracking
+    from search.latency import open_book
 
     status = "FAILED"
     try:
+        book = open_book(handle.parent_run_id)  # the trials' shared latency cache: each plan timed once
         _fit(config, handle, resources, resume, study)
+        del book  # a named actor lives as long as a handle to it
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -238,8 +284,8 @@ def _fit(
 
     from search.progress import ProgressAndRunCloser
     from search.scheduler import ParetoASHA, SchedulerStateKeeper
-    from search.searcher import ParetoOptunaSearch, make_sampler, objectives
-    from search.space import param_space
+    from search.searcher import ParetoOptunaSearch, make_sampler, objectives, startup_trials
+    from search.space import initial_points, param_space
     from search.trial import TrialSetup, run_trial
 
     setup = TrialSetup(config, handle.tracking_uri, handle.experiment_id, handle.parent_run_id, resources["cpu"])
@@ -254,13 +300,16 @@ def _fit(
     run_config = tune.RunConfig(
         name=handle.name, storage_path=handle.path.rsplit("/", 1)[0], verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+        # one per trial: Tune's saved state may name one Ray already deleted, whatever num_to_keep is; a
+        # resume copes (search/checkpoints.py)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
     )  # fmt: skip
     if study:
         from search.study import study_space
 
         # a grid, every cell trained to the end: no searcher, no early stopping
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=config.search.concurrency)
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=config.search.concurrency,
+                                      reuse_actors=True)  # fmt: skip
         tuner = tune.Tuner(trainable, param_space=study_space(config, study), tune_config=tune_config,
                            run_config=run_config)  # fmt: skip
     elif resume:
@@ -268,14 +317,15 @@ def _fit(
         tuner = tune.Tuner.restore(handle.path, trainable=trainable, resume_errored=True)
     else:
         metrics, modes = objectives(config)
+        first = initial_points(config.space, startup_trials(config), config.search.seed)
         searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config),
-                                      epochs=config.space.epochs)  # fmt: skip
+                                      points_to_evaluate=first, epochs=config.space.epochs)  # fmt: skip
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(config.space),
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=config.search.trials,
-                max_concurrent_trials=config.search.concurrency,
+                max_concurrent_trials=config.search.concurrency, reuse_actors=True,
             ),
             run_config=run_config,
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 A trial ends its own MLflow run, but a trial that Tune stops (ASHA) may have its worker torn down
 before that last request gets out; this callback closes such runs from the driver as a backstop.
+It also keeps Tune from restarting a trial from a checkpoint storage no longer holds (search/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search import tracking
+from search.checkpoints import WILL_RESTORE, repair_trial
 from search.searcher import COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
 
 
@@ -29,6 +31,7 @@ class ProgressAndRunCloser(Callback):
         self._client: Any = None
         self.offline = False  # MLflow stopped answering: leave the runs to the reconciliation at the end
         self.lost_trials: set[str] = set()
+        self.checked_checkpoints: set[tuple[str, str]] = set()  # (trial id, path) whose existence was checked
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (the Tuner saves its callbacks): drop the client."""
@@ -44,6 +47,23 @@ class ProgressAndRunCloser(Callback):
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Before Tune (re)starts a trial from its latest checkpoint (resume, retry), make sure storage still
+        holds it; else point Tune at the newest readable one (see search/checkpoints.py). Each checkpoint
+        is looked at once."""
+        checked: set[tuple[str, str]] = self.__dict__.setdefault("checked_checkpoints", set())  # older pickles lack it
+        for trial in trials:
+            checkpoint = trial.checkpoint if trial.status in WILL_RESTORE else None
+            if checkpoint is None or (trial.trial_id, checkpoint.path) in checked:
+                continue
+            checked.add((trial.trial_id, checkpoint.path))
+            try:
+                note = repair_trial(trial)
+            except Exception as exc:  # never let bookkeeping kill the search: Tune then reports the trial's error
+                note = f"could not check {trial.trial_id}'s checkpoint: {tracking.first_line(exc)}"
+            if note:
+                self._print(f"note: {note}")
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Print what the trial will try."""

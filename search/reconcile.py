@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +91,29 @@ def read_record(search_dir: str) -> SearchRecord:
     try:
         with fs.open_input_stream(f"{path}/{RECORD_FILE}") as stream:
             data = json.loads(stream.readall().decode())
-    except (OSError, ValueError) as exc:
+        return SearchRecord(**data)
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a JSON that is not a record
         raise UserError(f"{search_dir} is not a search directory (no readable {RECORD_FILE})") from exc
-    return SearchRecord(**data)
+
+
+@contextmanager
+def one_line_errors(search_dir: str) -> Iterator[None]:
+    """`precrop reconcile` on a broken or partial search directory ends with one line (a UserError), never a
+    traceback: a local file error names the path, an MLflow failure the server, anything else that Tune's
+    damaged records raise is named by its type and message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if tracking.local_file_error(exc):
+            raise UserError(f"cannot reconcile {search_dir}: {tracking.describe_file_error(exc)}") from exc
+        why = tracking.redact_uri(tracking.first_line(exc))
+        if isinstance(exc, tracking.TRACKING_FAILURES):
+            raise tracking.TrackingError(f"cannot reconcile {search_dir}: MLflow stopped answering ({why})") from exc
+        raise UserError(
+            f"cannot reconcile {search_dir}: its Tune records are damaged or incomplete ({type(exc).__name__}: {why})"
+        ) from exc
 
 
 def reconcile_search(client: Any, record: SearchRecord) -> Reconciled:
@@ -101,7 +123,7 @@ def reconcile_search(client: Any, record: SearchRecord) -> Reconciled:
     try:
         analysis = ExperimentAnalysis(record.path)
     except ValueError as exc:
-        raise UserError(f"{record.path} holds no Tune state to reconcile from") from exc
+        raise UserError(f"{record.path} holds no readable Tune state to reconcile from") from exc
     config = record.experiment_config()
     done = Reconciled()
     for trial in analysis.trials:

@@ -122,6 +122,11 @@ def run_reconcile(args: argparse.Namespace) -> int:
     record = _with_parent_run(client, record)
     done = reconcile_search(client, record)
     print(f"{record.name}: {done.describe()}")
+    from search.latency import retime_search
+
+    retimed = retime_search(client, record.experiment_config(), record.experiment_id, record.parent_run_id)
+    if retimed.runs:
+        print(f"{record.name}: {retimed.describe()}")
     handle = SearchHandle(record.name, record.path, record.experiment_id, record.parent_run_id, uri)
     study = record.study_grid()
     if study is None:

@@ -7,6 +7,7 @@ trials run in Ray worker threads, where a process-global active run (and the MLF
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -36,6 +37,8 @@ for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 
 # what a request to a tracking server that went away raises (MLflow wraps most, not all, of them)
 TRACKING_FAILURES: tuple[type[BaseException], ...] = (MlflowException, RequestException, OSError)
+# OSError numbers of local storage trouble (see local_file_error); ENOENT and EACCES come as their subclasses
+_FILE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP})
 # MLflow retries a failed request 7 times with doubling waits (about 4 minutes) by default; a search
 # that lost its server should notice in seconds and go on training (`precrop reconcile` re-logs later)
 BOUNDED_RETRIES = {
@@ -63,6 +66,22 @@ def redact_uri(text: str) -> str:
     Tracking URIs of database backends may carry credentials; they are printed and logged only redacted.
     """
     return _PASSWORD_IN_URI.sub(r"\1:***@", text)
+
+
+def local_file_error(exc: BaseException) -> bool:
+    """Whether `exc` is about a local file or folder (gone, not permitted, disk full) rather than about
+    reaching MLflow: TRACKING_FAILURES holds OSError for the network errors it covers, so this tells them apart."""
+    if not isinstance(exc, OSError) or isinstance(exc, RequestException | ConnectionError | TimeoutError):
+        return False
+    file_errors = FileNotFoundError | FileExistsError | PermissionError | IsADirectoryError | NotADirectoryError
+    return exc.filename is not None or isinstance(exc, file_errors) or exc.errno in _FILE_ERRNOS
+
+
+def describe_file_error(exc: BaseException) -> str:
+    """One line for a local file error: what went wrong and the path (quoted as given)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return redact_uri(f"{exc.strerror or type(exc).__name__}: {exc.filename}"[:1000])
+    return redact_uri(first_line(exc, limit=1000))
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -8,6 +8,7 @@ its trial-id tag) and continues that run instead of opening a second one.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
@@ -32,6 +33,7 @@ from precrop.methods import method, realize
 from precrop.plan import WidthPlan
 from search import tracking
 from search.config import ExperimentConfig
+from search.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models
 from search.run_logger import RunLogger
 from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
 from search.space import TrialPoint
@@ -39,7 +41,6 @@ from trainers.batches import probe_batches
 from trainers.checkpoint import PLAN_FILE, load_train_state, save_train_state, save_weights
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
-from trainers.measure import measure_latency
 
 META_FILE = "trial.json"
 NODE_TAG = "precrop.node_id"
@@ -75,6 +76,19 @@ class Resume:
     run_id: str | None
     latency_ms: float
     plan: WidthPlan | None = None  # absent from checkpoints written before plans were saved in them
+
+
+@functools.lru_cache(maxsize=2)
+def cached_dataset(request: DataRequest) -> DataSet:
+    """The data set `request` names, loaded once per worker process: Tune reuses a trial's actor (and its
+    process) for the next trial, so only the first trial of each slot pays for loading."""
+    return load_dataset(request)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_layer_table(arch: str, num_classes: int, input_size: int) -> LayerTable:
+    """The dense architecture's layer table (a trace of the model), once per worker process."""
+    return layer_table(arch, num_classes, input_size)
 
 
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
@@ -203,7 +217,7 @@ class _Trial:
             data.name, data_dir=data.data_dir, val_fraction=data.val_fraction, seed=self.config.search.seed,
             image_size=data.image_size, resident=data.resident, download=data.download, train_subset=data.train_subset,
         )  # fmt: skip
-        return load_dataset(request)
+        return cached_dataset(request)
 
     @property
     def seed(self) -> int:
@@ -216,7 +230,7 @@ class _Trial:
         Mask methods score the very model that is trained (its seeded initialization), so a retried
         trial recomputes the same masks before its checkpoint is loaded.
         """
-        table = layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
+        table = cached_layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
         spec = method(self.point.allocator)
         request = self.point.allocation_request(self.config.space)
         if not spec.needs_model:
@@ -231,9 +245,12 @@ class _Trial:
         return table, result.plan, dense
 
     def _latency(self, model: torch.nn.Module, plan: WidthPlan) -> float:
-        """Median CPU latency (ms) at the configured batch size; the weights do not matter for it."""
+        """CPU latency (ms) at the configured batch size, timed once per plan per search (search/latency.py:
+        a plan some trial of this search timed is not timed again); the weights do not matter for it."""
         batch = self.config.objectives.latency_batch
-        return measure_latency(model, plan.input_shape, batch, "cpu", max_seconds=2.0).median_ms
+        fingerprint = plan_fingerprint(plan, batch)
+        return cached_latency(self.setup.parent_run_id, fingerprint,
+                              lambda: time_models([model], [plan.input_shape], batch, IN_SEARCH_ROUNDS)[0])  # fmt: skip
 
     def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
         """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""
@@ -276,9 +293,19 @@ class _Trial:
 
 
 def read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:
-    """What a trial's checkpoint holds (None for none): loop state, run id, latency and plan."""
-    if checkpoint is None:
-        return None
+    """What a trial's checkpoint holds (None for none): loop state, run id, latency and plan.
+
+    A checkpoint that storage no longer holds (Tune's saved state can name one it already deleted: see
+    search/checkpoints.py) gives way to the newest readable checkpoint of the same trial; None if none is.
+    """
+    from search.checkpoints import usable
+
+    found = usable(checkpoint, read_checkpoint_dir) if checkpoint is not None else None
+    return found[1] if found else None
+
+
+def read_checkpoint_dir(checkpoint: tune.Checkpoint) -> Resume | None:
+    """What this checkpoint directory holds (None without a loop state); raises when its files are unreadable."""
     with checkpoint.as_directory() as folder:
         root = Path(folder)
         state = load_train_state(root)

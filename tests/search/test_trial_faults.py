@@ -28,10 +28,11 @@ def _trial_runs(folder: Path, experiment: str) -> list[Any]:
 def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path: Path) -> None:
     config = copy.deepcopy(TINY_CONFIG)
     config["name"] = "diverging"
-    # log-uniform over 7 decades: the seeded sampler draws learning rates both far above 10 (the loss
-    # turns non-finite at once) and below 1 (it trains)
-    config["space"].update(lr=[1.0e-3, 1.0e4], epochs=1, budget=[0.5, 0.5])
-    config["search"] = {"trials": 4, "concurrency": 1, "seed": 0}
+    # log-uniform over 9 decades; with seed 3 the search's seeded first points (search/space.py
+    # initial_points) draw lr 0.14 (it trains) and 1.8e5: with weight decay 1e-3 every step then
+    # multiplies the weights by about -175, so the loss turns non-finite within the epoch
+    config["space"].update(lr=[1.0e-3, 1.0e6], weight_decay=[1.0e-3, 1.0e-3], epochs=1, budget=[0.5, 0.5])
+    config["search"] = {"trials": 4, "concurrency": 1, "seed": 3}
     config["asha"] = {"enabled": False}
     write_config(tmp_path, config)
     result = run_precrop(tmp_path, "search", "config.yaml")
