@@ -72,7 +72,7 @@ def completed_points(folder: Path, experiment: str) -> list[tuple[float, float]]
     return points
 
 
-def run_search(rule: str, config: Path, overrides: list[str], folder: Path) -> dict[str, Any]:
+def run_search(rule: str, config: Path, overrides: list[str], folder: Path, concurrency: int) -> dict[str, Any]:
     """One search in `folder` (a fresh process); its front and timings."""
     command = [sys.executable, __file__, "--run-one", rule, str(config)]
     for override in RULES[rule] + overrides:
@@ -85,7 +85,6 @@ def run_search(rule: str, config: Path, overrides: list[str], folder: Path) -> d
         raise SystemExit(f"{rule} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     points = completed_points(folder, "frontq")
     best = front(points)
-    concurrency = int(next(o for o in overrides if o.startswith("search.concurrency=")).split("=")[1])
     slots = slot_usage(done.stdout, concurrency)
     return {"rule": rule, "hypervolume": hypervolume(best), "front_size": len(best),
             "cost_range": best[-1][0] / best[0][0] if best else 0.0, "wall_s": wall, "trials_s": slots.wall,
@@ -155,7 +154,7 @@ def main() -> int:
                 folder = Path(tmp) / f"{rule}-{seed}"
                 folder.mkdir()
                 result = run_search(rule, ROOT / "configs" / "quickstart.yaml", [*overrides, f"search.seed={seed}"],
-                                    folder)  # fmt: skip
+                                    folder, args.concurrency)  # fmt: skip
                 results.append({**result, "seed": seed})
                 print(f"seed {seed} {rule:8s}: hypervolume {result['hypervolume']:.3f}, front {result['front_size']}, "
                       f"{result['completed']} trained to the end, {result['wall_s']:.0f} s", flush=True)  # fmt: skip

@@ -17,16 +17,12 @@ number honest:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import socket
-import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from precrop.plan import WidthPlan
@@ -114,33 +110,22 @@ def time_models(models: Sequence[Any], input_shapes: Sequence[tuple[int, int, in
     the fastest of `rounds` rounds that visit every model in turn. The models are left as they were."""
     import torch
 
-    from trainers.measure import keep_freed_memory
+    from trainers.measure import time_inference, timing_copy
 
-    keep_freed_memory()
-    nets = [copy.deepcopy(model).eval().to(memory_format=torch.channels_last) for model in models]
+    cpu = torch.device("cpu")
+    nets = [timing_copy(model, cpu).eval() for model in models]
     inputs = [torch.randn(batch, *shape) for shape in input_shapes]
+
+    def median_ms(net: Any, x: Any) -> float:
+        return time_inference(net, x, WARMUP, REPEATS, ROUND_SECONDS).median_ms
+
     if nets:  # a process's first timing runs slow (thread pool, allocator, kernel selection): discarded
-        _median_ms(nets[0], inputs[0])
+        median_ms(nets[0], inputs[0])
     best = [float("inf")] * len(nets)
     for _ in range(rounds):
         for i, (net, x) in enumerate(zip(nets, inputs, strict=True)):
-            best[i] = min(best[i], _median_ms(net, x))
+            best[i] = min(best[i], median_ms(net, x))
     return best
-
-
-def _median_ms(net: Any, x: Any) -> float:
-    import torch
-
-    times: list[float] = []
-    with torch.no_grad():
-        for _ in range(WARMUP):
-            net(x)
-        deadline = time.perf_counter() + ROUND_SECONDS
-        while len(times) < REPEATS and (len(times) < 3 or time.perf_counter() < deadline):
-            began = time.perf_counter()
-            net(x)
-            times.append((time.perf_counter() - began) * 1000)
-    return statistics.median(times)
 
 
 @dataclass(frozen=True)
@@ -163,6 +148,7 @@ def retime_search(client: Any, config: Any, experiment_id: str, parent_run_id: s
     `latency_ms_in_search`) on each. Runs re-timed earlier are left alone: reconciling again changes
     nothing."""
     from search import tracking
+    from search.models import load_run_plan
     from search.pareto import record_from_run
 
     started = time.perf_counter()
@@ -171,7 +157,7 @@ def retime_search(client: Any, config: Any, experiment_id: str, parent_run_id: s
             if record_from_run(r).completed and IN_SEARCH_KEY not in r.data.metrics]  # fmt: skip
     by_print: dict[str, tuple[WidthPlan, list[Any]]] = {}
     for run in runs:
-        plan = _run_plan(client, run.info.run_id)
+        plan = load_run_plan(client, run.info.run_id)
         if plan is not None:
             by_print.setdefault(plan_fingerprint(plan, batch), (plan, []))[1].append(run)
     if not by_print:
@@ -202,16 +188,3 @@ def retime_plans(plans: Iterable[WidthPlan], batch: int, threads: int) -> list[f
         return time_models(models, [plan.input_shape for plan in plans], batch)
     finally:
         torch.set_num_threads(before)
-
-
-def _run_plan(client: Any, run_id: str) -> WidthPlan | None:
-    """The plan a run logged (`plan/plan.json`, else `model/plan.json`); None when it has none."""
-    from trainers.checkpoint import PLAN_FILE
-
-    for folder in ("plan", "model"):
-        if not any(f.path == f"{folder}/{PLAN_FILE}" for f in client.list_artifacts(run_id, folder)):
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(run_id, f"{folder}/{PLAN_FILE}", tmp)
-            return WidthPlan.from_json(Path(path).read_text())
-    return None

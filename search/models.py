@@ -13,6 +13,7 @@ from precrop.plan import WidthPlan
 from trainers.checkpoint import PLAN_FILE, WEIGHTS_FILE, load_model
 
 MODEL_ARTIFACTS = "model"
+PLAN_ARTIFACTS = "plan"
 
 
 def load_run_model(client: Any, run_id: str) -> tuple[WidthPlan, nn.Module]:
@@ -28,3 +29,14 @@ def load_run_model(client: Any, run_id: str) -> tuple[WidthPlan, nn.Module]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = client.download_artifacts(run.info.run_id, MODEL_ARTIFACTS, tmp)
         return load_model(Path(folder))
+
+
+def load_run_plan(client: Any, run_id: str) -> WidthPlan | None:
+    """The plan a run logged (`plan/plan.json`, else `model/plan.json`); None when it has none."""
+    for folder in (PLAN_ARTIFACTS, MODEL_ARTIFACTS):
+        if not any(f.path == f"{folder}/{PLAN_FILE}" for f in client.list_artifacts(run_id, folder)):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, f"{folder}/{PLAN_FILE}", tmp)
+            return WidthPlan.from_json(Path(path).read_text())
+    return None

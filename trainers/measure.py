@@ -67,7 +67,8 @@ def _time_calls(
     return Timing(statistics.median(times), len(times))
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def timing_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A channels-last copy of `model` on `device` to time (glibc told to keep freed memory on the CPU)."""
     if device.type == "cpu":
         keep_freed_memory()
     return copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
@@ -90,15 +91,21 @@ def measure_latency(
 ) -> Timing:
     """Median inference time of a batch (eval mode, no grad) on a copy of `model`."""
     device = torch.device(device)
-    net = _prepare(model, device).eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
+    net = timing_copy(model, device).eval()
+    return time_inference(net, torch.randn(batch_size, *input_shape, device=device), warmup, repeats, max_seconds)
+
+
+def time_inference(
+    net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 20, max_seconds: float = 5.0
+) -> Timing:
+    """Median time of `net(x)` (no grad; bf16 autocast on CUDA), `net` prepared by `timing_copy` and in eval mode."""
 
     @torch.no_grad()
     def call() -> None:
-        with autocast_context(device, amp=True):
+        with autocast_context(x.device, amp=True):
             net(x)
 
-    return _time_calls(call, _sync_for(device), warmup, repeats, max_seconds)
+    return _time_calls(call, _sync_for(x.device), warmup, repeats, max_seconds)
 
 
 def measure_train_step(
@@ -113,7 +120,7 @@ def measure_train_step(
 ) -> Timing:
     """Median time of forward + backward + SGD step on a copy of `model` (train mode)."""
     device = torch.device(device)
-    net = _prepare(model, device).train()
+    net = timing_copy(model, device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     x = torch.randn(batch_size, *input_shape, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +68,21 @@ def run_precrop(folder: Path, *args: str, timeout: float = 300) -> subprocess.Co
         [sys.executable, "-m", "search.cli", *args], cwd=folder, env=search_env(), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
+
+
+def kill_search_when(folder: Path, config: str, ready: Callable[[Path], bool], what: str, timeout: float = 300) -> None:
+    """Start `python search.py CONFIG` in `folder` and SIGKILL it (the driver and the Ray processes it
+    started) the first time `ready(folder)` holds: an observed event, never a sleep."""
+    process = subprocess.Popen(
+        [sys.executable, "search.py", config], cwd=folder, env=search_env(), text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(folder):
+            assert process.poll() is None, f"the search ended before {what}"
+            assert time.monotonic() < deadline, f"the search never got to {what}"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -22,9 +17,9 @@ from mlflow import MlflowClient
 from tests.search.conftest import (
     TINY_CONFIG,
     copy_search_script,
+    kill_search_when,
     run_precrop,
     run_search_script,
-    search_env,
     write_config,
 )
 
@@ -38,16 +33,6 @@ def _children(client: MlflowClient) -> list[object]:
     return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("precrop.role") == "trial"]
 
 
-def _wait_for_checkpoint(folder: Path, process: subprocess.Popen[str], timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if list(folder.glob("ray_results/*/run_trial_*/checkpoint_000001")):
-            return
-        assert process.poll() is None, "the search ended before it could be interrupted"
-        time.sleep(0.2)
-    raise AssertionError("no trial reached its second checkpoint in time")
-
-
 def test_kill_then_resume_keeps_one_finished_run_per_trial(tmp_path: Path) -> None:
     config = copy.deepcopy(TINY_CONFIG)
     config["name"] = "resumable"
@@ -57,15 +42,8 @@ def test_kill_then_resume_keeps_one_finished_run_per_trial(tmp_path: Path) -> No
     config["ray"] = {"checkpoint_every_s": 0}  # a checkpoint every epoch, so the kill lands after one
     copy_search_script(tmp_path)
     write_config(tmp_path, config, "resumable.yaml")
-    process = subprocess.Popen(
-        [sys.executable, "search.py", "resumable.yaml"], cwd=tmp_path, env=search_env(), text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _wait_for_checkpoint(tmp_path, process)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-        process.wait(timeout=60)
+    second_checkpoint = "ray_results/*/run_trial_*/checkpoint_000001"
+    kill_search_when(tmp_path, "resumable.yaml", lambda f: any(f.glob(second_checkpoint)), "a second checkpoint")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     before = _children(client)
     finished_before = sum(r.info.status == "FINISHED" for r in before)  # type: ignore[attr-defined]
@@ -135,19 +113,7 @@ MOMENTS: dict[str, Callable[[Path], bool]] = {
 
 
 def _kill_at(folder: Path, moment: str, timeout: float = 300) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "search.py", "resumable.yaml"], cwd=folder, env=search_env(), text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout
-        while not MOMENTS[moment](folder):
-            assert process.poll() is None, f"the search ended before {moment}"
-            assert time.monotonic() < deadline, f"the search never got {moment}"
-            time.sleep(0.02)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-        process.wait(timeout=60)
+    kill_search_when(folder, "resumable.yaml", MOMENTS[moment], moment, timeout)
 
 
 def _lose_the_named_checkpoints(folder: Path) -> None:

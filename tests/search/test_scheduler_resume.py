@@ -10,16 +10,11 @@ recorded at the first rung.
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import ray.cloudpickle as pickle
 
-from tests.search.conftest import TINY_CONFIG, copy_search_script, run_search_script, search_env, write_config
+from tests.search.conftest import TINY_CONFIG, copy_search_script, kill_search_when, run_search_script, write_config
 
 TRIALS = 3
 
@@ -43,19 +38,7 @@ def test_pareto_rungs_survive_a_kill_and_resume(tmp_path: Path) -> None:
     config["asha"] = {"enabled": True, "mode": "pareto", "grace_period": 1, "reduction_factor": 2}
     copy_search_script(tmp_path)
     write_config(tmp_path, config, "rungs.yaml")
-    process = subprocess.Popen(
-        [sys.executable, "search.py", "rungs.yaml"], cwd=tmp_path, env=search_env(), text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while not _saved_state_has_an_ended_trial(tmp_path):
-            assert process.poll() is None, "the search ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no trial ended in time"
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
+    kill_search_when(tmp_path, "rungs.yaml", _saved_state_has_an_ended_trial, "a trial ended")
     before = _scheduler_state(tmp_path)
     assert before["rungs"]["1"], before  # type: ignore[index]
 
