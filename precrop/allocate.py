@@ -18,8 +18,10 @@ from precrop.costmodel import Cost, LayerTable
 from precrop.density import CvxDensitySolver, DensityProblem, InfeasibleBudget, closed_form
 from precrop.errors import UserError
 from precrop.mapping import VARIANTS, ChannelMapper, movable_groups
+from precrop.objective import continuous_uniform, objective_terms
 from precrop.plan import WidthPlan
-from precrop.rounding import WidthBounds, repair, round_widths, width_bounds
+from precrop.posynomial import posynomial
+from precrop.rounding import WidthBounds, best_rounding, closeness_to, repair, round_widths, width_bounds
 
 
 class BudgetError(UserError):
@@ -36,7 +38,7 @@ class AllocationRequest:
 
     params: float | None = None
     macs: float | None = None
-    variant: str = "fit"
+    variant: str = "gp"
     divisor: int = 8
     min_width: int = 8
     expand: float = 1.0
@@ -87,16 +89,22 @@ def budgets_and_bounds(
 
 
 def require_floor_fits(
-    table: LayerTable, request: AllocationRequest, budgets: dict[str, float], bounds: dict[str, WidthBounds]
+    table: LayerTable,
+    request: AllocationRequest,
+    budgets: dict[str, float],
+    bounds: dict[str, WidthBounds],
+    movable: tuple[str, ...] | None = None,
 ) -> None:
-    """BudgetError when even the narrowest allowed widths exceed a budget."""
+    """BudgetError when even the narrowest allowed widths (of the `movable` groups; all by default) exceed a budget."""
     base = table.cost()
-    floor = table.cost({g: b.low for g, b in bounds.items()})
+    moving = bounds if movable is None else {g: bounds[g] for g in movable}
+    floor = table.cost({g: b.low for g, b in moving.items()})
     for metric, budget in budgets.items():
         if getattr(floor, metric) > budget:
             need = getattr(floor, metric) / getattr(base, metric)
+            which = "" if movable is None else f" of the {request.variant!r} mapping (it keeps residual widths at base)"
             raise BudgetError(
-                f"{metric} budget {getattr(request, metric)} is below what the minimum widths allow "
+                f"{metric} budget {getattr(request, metric)} is below what the minimum widths{which} allow "
                 f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
             )
 
@@ -128,10 +136,15 @@ class SynExpAllocator:
         budgets, bounds = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, bounds)
         mapper = self._mapper(table, request, bounds)
+        require_floor_fits(table, request, budgets, bounds, mapper.groups)
         log_d = self._log_densities(table, base, request, mapper, budgets)
-        result = mapper.solve(log_d, budgets)
+        try:
+            result = mapper.solve(log_d, budgets)
+        except ValueError as exc:  # the floor fits, so this is the solver's failure, named as such
+            raise BudgetError(f"the {request.variant!r} channel mapping found no solution: {exc}") from exc
         targets = {g: table.group(g).width * math.exp(y) for g, y in zip(mapper.groups, result.y, strict=True)}
-        widths = repair(table, round_widths(targets, bounds), targets, bounds, budgets, mapper.costs)
+        value = objective_terms(table, mapper.groups).values
+        widths = best_rounding(table, targets, bounds, budgets, mapper.costs, value)
         predicted = Cost(*(round(mapper.posynomials[m].value(result.y)) for m in ("params", "macs")))
         return allocated_plan(table, request, self.name, widths, predicted, result.status, start)
 
@@ -178,39 +191,31 @@ class SynExpAllocator:
 
 
 class UniformAllocator:
-    """Uniform width scaling: one multiplier m for every group, the largest whose rounded widths fit.
+    """Uniform width scaling: one multiplier m for every group, then rounded and filled to the budget.
 
-    The baseline every structured-pruning method is compared with. Widths are m x base rounded to the
-    nearest allowed width (so cost is monotone in m), and m is found by bisection on the exact cost.
+    The baseline every structured-pruning method is compared with, so it must spend the same budget:
+    m is the real multiplier whose exact cost meets the tightest budget (continuous uniform scaling),
+    widths are m x base rounded to allowed widths, and repair steps them to the budget staying as close
+    to m x base as it can (without repair, divisor-8 rounding left it up to 16% under a params budget).
     """
 
     name = "uniform"
-    steps = 50
 
     def allocate(self, table: LayerTable, request: AllocationRequest) -> WidthPlan:
-        """Bisect the multiplier in [0, expand] against the counted cost; return the plan."""
+        """Widths m x base for the continuous multiplier m of the budget, rounded and repaired to it."""
         request.validate()
         start = time.perf_counter()
         budgets, bounds = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, bounds)
-
-        def widths_at(multiplier: float) -> dict[str, int]:
-            targets = {g.name: g.width * multiplier for g in table.prunable_groups}
-            return round_widths(targets, bounds)
-
-        def fits(widths: dict[str, int]) -> bool:
-            cost = table.cost(widths)
-            return all(getattr(cost, m) <= b for m, b in budgets.items())
-
-        low, high = 0.0, request.expand
-        if fits(widths_at(high)):
-            low = high
-        for _ in range(self.steps):
-            middle = (low + high) / 2
-            low, high = (middle, high) if fits(widths_at(middle)) else (low, middle)
-        widths = widths_at(low)
-        return allocated_plan(table, request, self.name, widths, table.cost(widths), "bisection", start,
-                              {"multiplier": round(low, 6)})  # fmt: skip
+        multiplier = min(request.expand, *(continuous_uniform(table, m, b).ratio for m, b in budgets.items()))
+        groups = [g.name for g in table.prunable_groups]
+        targets = {g.name: g.width * multiplier for g in table.prunable_groups}
+        weight = {g: float(max(table.layers_touching(g), 1)) for g in groups}
+        costs = {m: posynomial(table, m, groups) for m in budgets}
+        value = closeness_to(targets, table.base_widths, weight)
+        widths = repair(table, round_widths(targets, bounds), bounds, budgets, costs, value, trade=False)
+        return allocated_plan(table, request, self.name, widths, table.cost(widths), "rounded and filled", start,
+                              {"multiplier": round(multiplier, 6)})  # fmt: skip
 
 
 ALLOCATORS: dict[str, type[SynExpAllocator] | type[UniformAllocator]] = {

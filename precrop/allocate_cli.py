@@ -1,15 +1,32 @@
-"""`precrop allocate`: solve, print the plan, optionally save it."""
+"""`precrop allocate`: run any registered method, print the plan, optionally save it.
+
+Width methods print each group's base and new width; mask methods (dense shapes, zeroed weights) print
+each layer's kept weights and the theoretical cost. Mask methods and the data-driven ones score the
+seeded dense model, built here as a search trial builds it. Training batches come from the caller
+(`trainers.allocate_cli` loads a data set); without them a data-driven method is a one-line error.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from precrop.allocate import ALLOCATORS, AllocationRequest, BudgetError
+from precrop.allocate import AllocationRequest, BudgetError, dense_plan
 from precrop.costmodel import LayerTable
+from precrop.errors import UserError
 from precrop.fileio import write_atomically
 from precrop.inspect import describe
 from precrop.plan import WidthPlan
 from precrop.textui import format_table
+
+if TYPE_CHECKING:
+    import torch
+
+    from precrop.masks import MaskResult
+
+    Batches = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    BatchSource = Callable[[int], Batches]
 
 
 def request_from_args(args: argparse.Namespace) -> AllocationRequest:
@@ -28,17 +45,43 @@ def request_from_args(args: argparse.Namespace) -> AllocationRequest:
 
 
 def render_plan(plan: WidthPlan, table: LayerTable) -> str:
-    """Groups with base and new widths; footer with counted cost fractions and solve time."""
+    """A width plan's groups (base and new widths), or a mask plan's layers; then a cost footer."""
+    if plan.masked:
+        return render_mask_plan(plan, table)
     rows = [
         [g.name, g.width, plan.widths[g.name], round(plan.widths[g.name] / g.width, 3)] for g in table.prunable_groups
     ]
-    b, c = plan.base, plan.counted
-    asked = ", ".join(f"{k} {v:g}" for k, v in plan.budget.items() if v is not None)
+    c = plan.counted
+    footer = f"counted params {c.params:,} ({_fraction(plan, 'params')}), MACs {c.macs:,} ({_fraction(plan, 'macs')})"
+    return format_table(["group", "base", "new", "ratio"], rows) + "\n\n" + _footer(plan, footer)
+
+
+def render_mask_plan(plan: WidthPlan, table: LayerTable) -> str:
+    """Each masked layer's kept and total weights and density; the masked model's theoretical cost."""
+    rows = [[name, kept, total, round(kept / total, 4)] for name, kept, total in kept_weights(plan, table)]
+    s = plan.effective
     footer = (
-        f"budget: {asked} of base | counted params {c.params:,} ({c.params / b.params:.4f} of base), "
-        f"MACs {c.macs:,} ({c.macs / b.macs:.4f} of base) | solve {plan.solve_ms:.1f} ms, {plan.solver_status}"
+        f"{plan.granularity} masks, dense shapes: theoretical params {s.params:,} ({_fraction(plan, 'params')}), "
+        f"MACs {s.macs:,} ({_fraction(plan, 'macs')}); measured latency stays the dense model's"
     )
-    return format_table(["group", "base", "new", "ratio"], rows) + "\n\n" + footer
+    return format_table(["layer", "kept", "total", "density"], rows) + "\n\n" + _footer(plan, footer)
+
+
+def kept_weights(plan: WidthPlan, table: LayerTable) -> list[tuple[str, int, int]]:
+    """(layer, kept weights, all weights) for every masked layer of a mask plan, in table order."""
+    from precrop.masks import prunable_layers
+
+    layers = [(x.name, x.weight_count(table.base_widths)) for x in prunable_layers(table)]
+    return [(name, round(plan.densities[name] * total), total) for name, total in layers if name in plan.densities]
+
+
+def _fraction(plan: WidthPlan, metric: str) -> str:
+    return f"{getattr(plan.effective, metric) / getattr(plan.base, metric):.4f} of base"
+
+
+def _footer(plan: WidthPlan, cost: str) -> str:
+    asked = ", ".join(f"{k} {v:g}" for k, v in plan.budget.items() if v is not None)
+    return f"budget: {asked} of base | {cost} | solve {plan.solve_ms:.1f} ms, {plan.solver_status}"
 
 
 def write_plan_atomically(plan: WidthPlan, path: str) -> None:
@@ -46,17 +89,45 @@ def write_plan_atomically(plan: WidthPlan, path: str) -> None:
     write_atomically(path, plan.to_json(indent=2) + "\n")
 
 
-def run_allocate(args: argparse.Namespace) -> int:
-    """The `precrop allocate` command."""
+def allocate(
+    name: str, table: LayerTable, request: AllocationRequest, seed: int, batches: BatchSource | None
+) -> MaskResult:
+    """Run method `name` as a search trial does: mask and data-driven methods score the seeded dense model.
+
+    `batches(seed)` gives the training batches data-driven methods score; None when there is no data.
+    """
+    from precrop.methods import check_feasible, method, realize
+
+    spec = method(name)
+    if not spec.needs_model:
+        return realize(name, table, request, None)
+    if spec.needs_data and batches is None:
+        raise UserError(
+            f"{name} scores the model on training batches, and `python -m precrop.cli` loads no data: "
+            f"run the installed `precrop allocate ... --allocator {name} --dataset D`"
+        )
+    check_feasible(name, table, request)
+    from precrop.build import build_from_plan
+    from precrop.masks import Probe
+
+    dense = build_from_plan(dense_plan(table), seed=seed)
+    probe_batches = batches(seed) if (spec.needs_data and batches is not None) else ()
+    return realize(name, table, request, Probe(dense, probe_batches, seed))
+
+
+def run_allocate(args: argparse.Namespace, batches: BatchSource | None = None) -> int:
+    """The `precrop allocate` command; `batches(seed)` supplies training batches for data-driven methods."""
     request = request_from_args(args)
     table = describe(args.arch, num_classes=args.num_classes, input_size=args.input_size)
-    plan = ALLOCATORS[args.allocator]().allocate(table, request)
+    plan = allocate(args.allocator, table, request, args.seed, batches).plan
     if args.output:
         write_plan_atomically(plan, args.output)
     if args.json:
         print(plan.to_json())
     else:
         print(render_plan(plan, table))
+        if plan.masked:
+            print(f"masks drawn on the dense model initialized with seed {args.seed}")
         if args.output:
             print(f"plan written to {args.output}")
     return 0

@@ -26,6 +26,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -43,20 +44,32 @@ def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[On
 
 
 def add_precrop_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
-    """Register `info` and `allocate`."""
+    """Register `info` and `allocate` (without data loading)."""
+    add_info_command(commands)
+    add_allocate_command(commands)
+
+
+def add_info_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """Register `info`."""
     info = commands.add_parser("info", help="show a model's channel groups, layers and exact cost")
     info.add_argument("arch", help="a built-in name (see `precrop info --list`) or torchvision:<name>")
     info.add_argument("--num-classes", type=positive_int, default=None, help="default: the arch's")
     info.add_argument("--input-size", type=positive_int, default=None, help="square input side")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
-    alloc = commands.add_parser("allocate", help="widths for a params and/or MACs budget (SynExp or uniform)")
+
+def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> OneLineErrorParser:
+    """Register `allocate` with every method of `precrop.methods`; return its parser (trainers adds data options)."""
+    from precrop.methods import METHODS
+
+    alloc = commands.add_parser("allocate", help="widths or weight masks for a params and/or MACs budget")
     alloc.add_argument("arch")
     alloc.add_argument("--macs", type=float, help="MACs budget as a fraction of the dense model")
     alloc.add_argument("--params", type=float, help="parameter budget as a fraction of the dense model")
-    alloc.add_argument("--allocator", default="synexp", choices=("synexp", "uniform"),
-                       help="synexp (PreCrop/PreConfig, default) or uniform width scaling")  # fmt: skip
-    alloc.add_argument("--variant", default="fit", help="channel mapping: fit (default), gp or internal")
+    alloc.add_argument("--allocator", default="synexp", choices=tuple(METHODS), metavar="METHOD",
+                       help=f"one of {', '.join(METHODS)} (default synexp: PreCrop/PreConfig)")  # fmt: skip
+    alloc.add_argument("--seed", type=int, default=0, help="seed of the dense model mask methods, pfs, prunenet score")
+    alloc.add_argument("--variant", default="gp", help="channel mapping: gp (default), fit or internal")
     alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
     alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")
     alloc.add_argument("--expand", type=float, default=1.0, help="PreConfig: groups may grow to U x base")
@@ -66,6 +79,7 @@ def add_precrop_commands(commands: argparse._SubParsersAction[OneLineErrorParser
     alloc.add_argument("--input-size", type=positive_int, default=None)
     alloc.add_argument("--json", action="store_true", help="print the plan JSON")
     alloc.add_argument("-o", "--output", help="write the plan JSON to this file")
+    return alloc
 
 
 def build_parser() -> argparse.ArgumentParser:

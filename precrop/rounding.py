@@ -1,17 +1,24 @@
-"""Round continuous widths to a divisor, then repair greedily so the exact cost meets the budget.
+"""Round continuous widths to allowed ones, then repair greedily so the exact cost meets the budget.
 
-Repair first steps widths down until every budget holds on the exact cost model (never silently
-above it), then steps widths up while every budget still holds, so the result lands as close to the
-budget as the divisor allows. Each step picks the group whose change costs the least distance from
-the continuous solution per unit of budget it frees (or uses). Candidate steps are scored in one
-vectorized posynomial evaluation; every accepted step is checked on the exact integer cost.
-Pure Python + numpy.
+Allowed widths of a group are the multiples of the divisor between the minimum width and expand x
+base, plus the base width itself (a group may always stay as it is, even when its base width is not a
+multiple of the divisor); a group narrower than the minimum keeps its base width.
+
+Repair works on a *value* of the whole assignment, higher is better: for SynExp it is the SynExp
+objective sum_l log d_l itself (precrop/objective.py), for uniform scaling the closeness to the
+uniform targets. It steps widths down until every budget holds on the exact cost model (never
+silently above it), picking the step that loses the least value per unit of over-budget cost it frees;
+then steps widths up while every budget still holds, picking the most value per unit of cost used;
+then (SynExp) trades one step down for one step up wherever that raises the value within budget. So
+the result lands as close to the budget as the divisor allows. Candidates are scored in vectorized
+posynomial evaluations; every accepted step is checked on the exact integer cost. Pure Python + numpy.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,127 +27,235 @@ from numpy.typing import NDArray
 from precrop.costmodel import LayerTable
 from precrop.posynomial import Posynomial
 
+Matrix = NDArray[np.float64]
+Value = Callable[[Matrix], Matrix]  # ratios (candidates x groups) -> value of each candidate
+MAX_SWAPS = 500
+
 
 @dataclass(frozen=True)
 class WidthBounds:
-    """Allowed widths of one group: multiples of `step` in [low, high] (step 0: fixed at low)."""
+    """Allowed widths of one group, ascending (one entry: the group keeps that width)."""
 
-    low: int
-    high: int
-    step: int
+    choices: tuple[int, ...]
+
+    @property
+    def low(self) -> int:
+        """The narrowest allowed width."""
+        return self.choices[0]
+
+    @property
+    def high(self) -> int:
+        """The widest allowed width."""
+        return self.choices[-1]
+
+    def below(self, target: float) -> int:
+        """The widest allowed width at most `target` (the narrowest if none is)."""
+        return self.choices[max(bisect.bisect_right(self.choices, target) - 1, 0)]
+
+    def above(self, target: float) -> int:
+        """The narrowest allowed width at least `target` (the widest if none is)."""
+        return self.choices[min(bisect.bisect_left(self.choices, target), len(self.choices) - 1)]
+
+    def nearest(self, target: float) -> int:
+        """The allowed width closest to `target` (the narrower one on a tie)."""
+        at = bisect.bisect_left(self.choices, target)
+        near = self.choices[max(at - 1, 0) : at + 1]
+        return min(near, key=lambda w: (abs(w - target), w))
 
 
 def width_bounds(base: int, divisor: int, min_width: int, expand: float) -> WidthBounds:
-    """Multiples of `divisor` between max(min_width, divisor) and expand*base; base if none exist."""
-    low = max(divisor, math.ceil(min_width / divisor) * divisor)
-    high = math.floor(expand * base / divisor + 1e-9) * divisor
-    if low > high:
-        return WidthBounds(base, base, 0)
-    return WidthBounds(low, high, divisor)
+    """Multiples of `divisor` from max(min_width, divisor) to expand x base, and `base` itself.
+
+    A group narrower than that floor keeps its base width: it cannot shrink, and growing it to the
+    divisor would be an arbitrary jump the budget never asked for.
+    """
+    floor = max(divisor, math.ceil(min_width / divisor) * divisor)
+    if base < floor:
+        return WidthBounds((base,))
+    top = math.floor(expand * base + 1e-9)
+    return WidthBounds(tuple(sorted({*range(floor, top + 1, divisor), base})))
 
 
 def round_widths(targets: Mapping[str, float], bounds: Mapping[str, WidthBounds]) -> dict[str, int]:
     """Nearest allowed width to each continuous target."""
-    out = {}
-    for g, t in targets.items():
-        b = bounds[g]
-        if b.step == 0:
-            out[g] = b.low
-            continue
-        out[g] = int(min(max(round(t / b.step) * b.step, b.low), b.high))
-    return out
+    return {g: bounds[g].nearest(t) for g, t in targets.items()}
 
 
-def _over(table: LayerTable, widths: Mapping[str, int], budgets: Mapping[str, float]) -> bool:
-    cost = table.cost(widths)
-    return any(getattr(cost, m) > budgets[m] for m in budgets)
+def closeness_to(targets: Mapping[str, float], base: Mapping[str, int], weight: Mapping[str, float]) -> Value:
+    """Value of being near `targets`: -sum_g weight_g (log r_g - log target ratio_g)^2 (uniform's repair)."""
+    groups = list(targets)
+    log_t = np.log(np.maximum([targets[g] / base[g] for g in groups], 1e-12))
+    w = np.array([weight[g] for g in groups], dtype=np.float64)
+    return lambda ratios: np.asarray(-((np.log(ratios) - log_t) ** 2) @ w, dtype=np.float64)
 
 
 @dataclass
 class _Repair:
-    """State of one repair: current widths as a vector over the posynomials' groups."""
+    """One repair: the choice index of every group, and how to score and cost candidate assignments."""
 
     table: LayerTable
+    groups: tuple[str, ...]
     costs: Mapping[str, Posynomial]
     budgets: Mapping[str, float]
-    groups: tuple[str, ...]
-    base: NDArray[np.float64]
-    widths: NDArray[np.float64]
-    log_targets: NDArray[np.float64]
-    weight: NDArray[np.float64]
-    low: NDArray[np.float64]
-    high: NDArray[np.float64]
-    step: NDArray[np.float64]
+    value: Value
+    base: Matrix
+    choices: list[Matrix]
+    index: list[int]
 
-    def as_dict(self) -> dict[str, int]:
-        return {g: int(w) for g, w in zip(self.groups, self.widths, strict=True)}
+    def widths(self) -> dict[str, int]:
+        return {g: int(self.choices[i][k]) for i, (g, k) in enumerate(zip(self.groups, self.index, strict=True))}
 
-    def best_step(self, down: bool, excluded: set[int]) -> int | None:
-        """Index of the group whose one-step change scores best (None if no valid step)."""
-        sign = -1.0 if down else 1.0
-        new = self.widths + sign * self.step
-        valid = (self.step > 0) & (new >= self.low) & (new <= self.high)
-        valid[list(excluded)] = False
-        candidates = np.flatnonzero(valid)
-        if candidates.size == 0:
-            return None
-        y_now = np.log(self.widths / self.base)
-        ys = np.tile(y_now, (candidates.size, 1))
-        ys[np.arange(candidates.size), candidates] = np.log(new[candidates] / self.base[candidates])
-        used = np.zeros(candidates.size)
-        fits = np.ones(candidates.size, dtype=bool)
+    def ratios(self) -> Matrix:
+        return np.array([c[k] for c, k in zip(self.choices, self.index, strict=True)]) / self.base
+
+    def over(self) -> bool:
+        cost = self.table.cost(self.widths())
+        return any(getattr(cost, m) > self.budgets[m] for m in self.budgets)
+
+    def moves(self, sign: int) -> list[int]:
+        """Groups that can take one step in direction `sign`."""
+        return [i for i, k in enumerate(self.index) if 0 <= k + sign < len(self.choices[i])]
+
+    def candidates(self, changes: list[list[tuple[int, int]]]) -> Matrix:
+        """Ratio rows, one per change list of (group, step)."""
+        rows = np.tile(self.ratios(), (len(changes), 1))
+        for row, change in enumerate(changes):
+            for i, step in change:
+                rows[row, i] = self.choices[i][self.index[i] + step] / self.base[i]
+        return rows
+
+    def spend(self, rows: Matrix) -> tuple[Matrix, Matrix, NDArray[np.bool_]]:
+        """Per candidate: value gain, budget-normalized cost added (all metrics) and whether it fits."""
+        now = self.ratios()[None, :]
+        gain = self.value(rows) - self.value(now)[0]
+        added, fits = np.zeros(len(rows)), np.ones(len(rows), dtype=bool)
         for metric, posy in self.costs.items():
-            after = posy.values(ys)
-            used += np.abs(after - posy.value(y_now)) / self.budgets[metric]
+            after = posy.values(np.log(rows))
+            added += (after - posy.value(np.log(now[0]))) / self.budgets[metric]
             fits &= after <= self.budgets[metric]
-        old_d = (np.log(self.widths[candidates]) - self.log_targets[candidates]) ** 2
-        new_d = (np.log(new[candidates]) - self.log_targets[candidates]) ** 2
-        score = self.weight[candidates] * (new_d - old_d) / np.maximum(used, 1e-300)
-        ok = used > 0 if down else (used > 0) & fits
-        if not ok.any():
-            return None
-        score[~ok] = np.inf
-        return int(candidates[int(np.argmin(score))])
+        return gain, added, fits
+
+    def freed(self, rows: Matrix) -> Matrix:
+        """Per candidate: budget-normalized cost freed on the metrics that are over budget."""
+        cost = self.table.cost(self.widths())
+        total = np.zeros(len(rows))
+        for metric, posy in self.costs.items():
+            if getattr(cost, metric) > self.budgets[metric]:
+                total += (posy.value(np.log(self.ratios())) - posy.values(np.log(rows))) / self.budgets[metric]
+        return total
+
+    def apply(self, change: list[tuple[int, int]]) -> None:
+        for i, step in change:
+            self.index[i] += step
+
+
+def _step_down(state: _Repair) -> None:
+    """Lower widths until the exact cost meets every budget, least value lost per over-budget cost freed."""
+    while state.over():
+        changes = [[(i, -1)] for i in state.moves(-1)]
+        rows = state.candidates(changes) if changes else np.zeros((0, len(state.groups)))
+        freed = state.freed(rows)
+        if not changes or not (freed > 0).any():
+            raise ValueError("budget cannot be met at the minimum widths")
+        gain, _, _ = state.spend(rows)
+        score = np.where(freed > 0, -gain / np.maximum(freed, 1e-300), np.inf)
+        state.apply(changes[int(np.argmin(score))])
+
+
+def _best_fitting(
+    state: _Repair, changes: list[list[tuple[int, int]]], excluded: set[int], filling: bool
+) -> int | None:
+    """Index of the fitting change with the best value gain per cost added (`filling`: any fitting step
+    counts, however little it gains) or with the best positive gain (trading); None if there is none."""
+    if not changes:
+        return None
+    gain, added, fits = state.spend(state.candidates(changes))
+    ok = fits if filling else fits & (gain > 1e-12)
+    ok[list(excluded)] = False
+    if not ok.any():
+        return None
+    score = np.where(added > 0, gain / np.maximum(added, 1e-300), np.inf) if filling else gain
+    return int(np.argmax(np.where(ok, score, -np.inf)))
+
+
+def _fill(state: _Repair) -> None:
+    """Raise widths while every budget holds, the most value per unit of budget used first."""
+    excluded: set[int] = set()
+    while True:
+        changes = [[(i, 1)] for i in state.moves(1)]
+        best = _best_fitting(state, changes, {k for k, c in enumerate(changes) if c[0][0] in excluded}, True)
+        if best is None:
+            return
+        state.apply(changes[best])
+        if state.over():  # the float scoring said it fits; the exact cost decides
+            state.apply([(changes[best][0][0], -1)])
+            excluded.add(changes[best][0][0])
+
+
+def _trade(state: _Repair) -> None:
+    """Swap one step down for one step up while that raises the value within budget, then refill."""
+    for _ in range(MAX_SWAPS):
+        changes = [[(i, -1), (j, 1)] for i in state.moves(-1) for j in state.moves(1) if i != j]
+        best = _best_fitting(state, changes, set(), False)
+        if best is None:
+            return
+        state.apply(changes[best])
+        if state.over():
+            state.apply([(i, -step) for i, step in changes[best]])
+            return
+        _fill(state)
 
 
 def repair(
     table: LayerTable,
     widths: Mapping[str, int],
+    bounds: Mapping[str, WidthBounds],
+    budgets: Mapping[str, float],
+    costs: Mapping[str, Posynomial],
+    value: Value,
+    trade: bool = True,
+) -> dict[str, int]:
+    """Step widths down until the exact cost meets `budgets`, then up (and trade) while it still does.
+
+    `costs` are the budgeted metrics as posynomials over the groups of `widths`, in that order; `value`
+    scores ratio vectors over the same groups (higher is better).
+    """
+    groups = tuple(widths)
+    for posy in costs.values():
+        if posy.groups != groups:
+            raise ValueError("cost posynomials must be over the groups being repaired")
+    state = _Repair(
+        table=table, groups=groups, costs=costs, budgets=budgets, value=value,
+        base=np.array([table.group(g).width for g in groups], dtype=np.float64),
+        choices=[np.array(bounds[g].choices, dtype=np.float64) for g in groups],
+        index=[bounds[g].choices.index(widths[g]) for g in groups],
+    )  # fmt: skip
+    _step_down(state)
+    _fill(state)
+    if trade:
+        _trade(state)
+    return state.widths()
+
+
+def best_rounding(
+    table: LayerTable,
     targets: Mapping[str, float],
     bounds: Mapping[str, WidthBounds],
     budgets: Mapping[str, float],
     costs: Mapping[str, Posynomial],
+    value: Value,
 ) -> dict[str, int]:
-    """Step widths down until the exact cost meets `budgets`, then up while it still does.
+    """Repair from three roundings of `targets` (nearest, all down, all up) and keep the highest value.
 
-    `costs` are the budgeted metrics as posynomials over exactly the groups of `targets`.
+    One greedy repair can stall in a poor local optimum when the allowed widths are coarse (a 16-wide
+    group can only be 8 or 16 at divisor 8); three starts cost three repairs and never do worse than one.
     """
-    groups = tuple(targets)
-    state = _Repair(
-        table=table,
-        costs=costs,
-        budgets=budgets,
-        groups=groups,
-        base=np.array([table.group(g).width for g in groups], dtype=np.float64),
-        widths=np.array([widths[g] for g in groups], dtype=np.float64),
-        log_targets=np.log(np.maximum([targets[g] for g in groups], 1e-9)),
-        weight=np.array([max(table.layers_touching(g), 1) for g in groups], dtype=np.float64),
-        low=np.array([bounds[g].low for g in groups], dtype=np.float64),
-        high=np.array([bounds[g].high for g in groups], dtype=np.float64),
-        step=np.array([bounds[g].step for g in groups], dtype=np.float64),
-    )
-    for posy in costs.values():
-        if posy.groups != groups:
-            raise ValueError("cost posynomials must be over the target groups")
-    while _over(table, state.as_dict(), budgets):
-        i = state.best_step(down=True, excluded=set())
-        if i is None:
-            raise ValueError("budget cannot be met at the minimum widths")
-        state.widths[i] -= state.step[i]
-    excluded: set[int] = set()
-    while (i := state.best_step(down=False, excluded=excluded)) is not None:
-        state.widths[i] += state.step[i]
-        if _over(table, state.as_dict(), budgets):  # float scoring said it fits; the exact cost decides
-            state.widths[i] -= state.step[i]
-            excluded.add(i)
-    return state.as_dict()
+    starts = [
+        {g: bounds[g].nearest(t) for g, t in targets.items()},
+        {g: bounds[g].below(t) for g, t in targets.items()},
+        {g: bounds[g].above(t) for g, t in targets.items()},
+    ]
+    results = [repair(table, start, bounds, budgets, costs, value) for start in starts]
+    base = np.array([table.group(g).width for g in targets], dtype=np.float64)
+    scores = [float(value((np.array(list(w.values()), dtype=np.float64) / base)[None, :])[0]) for w in results]
+    return results[int(np.argmax(scores))]

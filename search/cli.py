@@ -11,11 +11,12 @@ from collections.abc import Sequence
 
 from precrop.cli import (
     OneLineErrorParser,
-    add_precrop_commands,
+    add_info_command,
     new_parser,
     run_precrop_command,
     run_reporting_user_errors,
 )
+from trainers.allocate_cli import add_allocate_command
 from trainers.cli import add_train_command
 
 
@@ -79,13 +80,18 @@ def _budgets(text: str) -> tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The full `precrop` argument parser."""
     parser, commands = new_parser()
-    add_precrop_commands(commands)
+    add_info_command(commands)
+    add_allocate_command(commands)
     add_train_command(commands)
     add_search_commands(commands)
     return parser
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "allocate":
+        from trainers.allocate_cli import run_allocate
+
+        return run_allocate(args)
     if args.command == "train":
         from trainers.cli import run_train
 

