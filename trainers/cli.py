@@ -67,6 +67,12 @@ def plan_for(args: argparse.Namespace, data: DataSet) -> WidthPlan:
     """The plan file's plan, checked against the data; or the dense plan of --arch at the data's shape."""
     if args.plan:
         plan = read_plan(args.plan)
+        if plan.masked:
+            raise UserError(
+                f"plan {args.plan} is a {plan.granularity}-mask plan ({plan.allocator}): it records layer "
+                "densities, not the masks, so `precrop train` cannot rebuild it; mask methods train through "
+                "`precrop search` or `precrop study`, which compute the masks on the model they train"
+            )
         if plan.input_shape != data.image_shape or plan.num_classes != data.num_classes:
             c, h, w = data.image_shape
             raise DataError(

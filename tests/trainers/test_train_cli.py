@@ -104,3 +104,13 @@ def test_plan_for_other_input_size_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is for 3x32x32 inputs and 10 classes, but digits has 3x8x8" in result.stderr
     assert "--input-size 8" in result.stderr
+
+
+def test_mask_plan_is_refused_not_trained_dense(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    args = ["allocate", "cifar_resnet20", "--macs", "0.5", "--allocator", "random", "--input-size", "8"]
+    assert main([*args, "-o", str(plan_file)]) == 0
+    result = _cli("train", "--plan", str(plan_file), "--dataset", "digits", "-o", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "weight-mask plan (random)" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "model.pt").exists()
