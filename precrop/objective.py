@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import sparse
 
 from precrop.costmodel import Layer, LayerTable
 from precrop.posynomial import posynomial
@@ -46,16 +47,18 @@ class ObjectiveTerms:
     """
 
     groups: tuple[str, ...]
-    out: Matrix
+    out: sparse.csr_matrix  # layers x groups
     out_const: Matrix
-    inp: Matrix
+    inp: sparse.csr_matrix  # layers x groups
     in_const: Matrix
 
     def values(self, ratios: Matrix) -> Matrix:
         """The objective at each row of `ratios` (candidates x groups)."""
-        out = ratios @ self.out.T + self.out_const
-        inp = ratios @ self.inp.T + self.in_const
-        return np.asarray(np.log(out).sum(axis=1) + np.log(inp).sum(axis=1), dtype=np.float64)
+        # the factor matrices have one or a few entries per layer: sparse products keep the repair's
+        # scoring of thousands of candidate rows cheap
+        out = np.asarray(self.out.dot(ratios.T)).T + self.out_const
+        inp = np.asarray(self.inp.dot(ratios.T)).T + self.in_const
+        return np.asarray(np.log(out * inp).sum(axis=1), dtype=np.float64)
 
     def value(self, ratios: Sequence[float] | Matrix) -> float:
         """The objective at one ratio vector."""
@@ -83,7 +86,7 @@ def objective_terms(table: LayerTable, groups: Sequence[str]) -> ObjectiveTerms:
                 inp[row, index[g]] += base[g] / total
             else:
                 in_const[row] += base[g] / total
-    return ObjectiveTerms(tuple(groups), out, out_const, inp, in_const)
+    return ObjectiveTerms(tuple(groups), sparse.csr_matrix(out), out_const, sparse.csr_matrix(inp), in_const)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from precrop.posynomial import Posynomial
 
 Matrix = NDArray[np.float64]
 Value = Callable[[Matrix], Matrix]  # ratios (candidates x groups) -> value of each candidate
+Changes = NDArray[np.int64]  # changes x moves x (group, step)
 MAX_SWAPS = 500
 
 
@@ -108,20 +109,40 @@ class _Repair:
     def ratios(self) -> Matrix:
         return np.array([c[k] for c, k in zip(self.choices, self.index, strict=True)]) / self.base
 
+    def costs_now(self) -> dict[str, float]:
+        """The budgeted costs at the current widths (posynomial values: exact up to float rounding)."""
+        y = np.log(self.ratios())
+        return {m: posy.value(y) for m, posy in self.costs.items()}
+
     def over(self) -> bool:
+        """Whether some budget is exceeded; the exact integer cost decides whenever floats are close."""
+        now = self.costs_now()
+        if any(now[m] > self.budgets[m] * (1 + 1e-9) for m in self.budgets):
+            return True
+        if all(now[m] < self.budgets[m] * (1 - 1e-9) for m in self.budgets):
+            return False
         cost = self.table.cost(self.widths())
         return any(getattr(cost, m) > self.budgets[m] for m in self.budgets)
 
-    def moves(self, sign: int) -> list[int]:
-        """Groups that can take one step in direction `sign`."""
-        return [i for i, k in enumerate(self.index) if 0 <= k + sign < len(self.choices[i])]
+    def moves(self, sign: int) -> NDArray[np.int64]:
+        """Groups that can take one step in direction `sign` (+1 wider, -1 narrower)."""
+        return np.array([i for i, k in enumerate(self.index) if 0 <= k + sign < len(self.choices[i])], dtype=np.int64)
 
-    def candidates(self, changes: list[list[tuple[int, int]]]) -> Matrix:
-        """Ratio rows, one per change list of (group, step)."""
+    def stepped(self, sign: int) -> Matrix:
+        """Every group's ratio after one step in direction `sign` (its current ratio where it cannot step)."""
+        return (
+            np.array([c[min(max(k + sign, 0), len(c) - 1)] for c, k in zip(self.choices, self.index, strict=True)])
+            / self.base
+        )
+
+    def candidates(self, changes: Changes) -> Matrix:
+        """Ratio rows, one per change: changes[n, k] = (group, step) for the k-th move of change n."""
         rows = np.tile(self.ratios(), (len(changes), 1))
-        for row, change in enumerate(changes):
-            for i, step in change:
-                rows[row, i] = self.choices[i][self.index[i] + step] / self.base[i]
+        after = {sign: self.stepped(sign) for sign in (-1, 1)}
+        ids = np.arange(len(changes))
+        for k in range(changes.shape[1]):
+            groups, steps = changes[:, k, 0], changes[:, k, 1]
+            rows[ids, groups] = np.where(steps > 0, after[1][groups], after[-1][groups])
         return rows
 
     def spend(self, rows: Matrix) -> tuple[Matrix, Matrix, NDArray[np.bool_]]:
@@ -137,41 +158,44 @@ class _Repair:
 
     def freed(self, rows: Matrix) -> Matrix:
         """Per candidate: budget-normalized cost freed on the metrics that are over budget."""
-        cost = self.table.cost(self.widths())
+        now = self.costs_now()
         total = np.zeros(len(rows))
         for metric, posy in self.costs.items():
-            if getattr(cost, metric) > self.budgets[metric]:
-                total += (posy.value(np.log(self.ratios())) - posy.values(np.log(rows))) / self.budgets[metric]
+            if now[metric] > self.budgets[metric] * (1 - 1e-9):
+                total += (now[metric] - posy.values(np.log(rows))) / self.budgets[metric]
         return total
 
-    def apply(self, change: list[tuple[int, int]]) -> None:
-        for i, step in change:
-            self.index[i] += step
+    def apply(self, change: NDArray[np.int64], sign: int = 1) -> None:
+        """Take the moves of one change (sign -1: undo them)."""
+        for group, step in change.tolist():
+            self.index[group] += sign * step
+
+
+def single_steps(groups: NDArray[np.int64], sign: int) -> Changes:
+    """One change per group: a single step in direction `sign`."""
+    return np.stack([groups, np.full_like(groups, sign)], axis=1).reshape(-1, 1, 2)
 
 
 def _step_down(state: _Repair) -> None:
     """Lower widths until the exact cost meets every budget, least value lost per over-budget cost freed."""
     while state.over():
-        changes = [[(i, -1)] for i in state.moves(-1)]
-        rows = state.candidates(changes) if changes else np.zeros((0, len(state.groups)))
+        changes = single_steps(state.moves(-1), -1)
+        rows = state.candidates(changes)
         freed = state.freed(rows)
-        if not changes or not (freed > 0).any():
+        if not (freed > 0).any():
             raise ValueError("budget cannot be met at the minimum widths")
         gain, _, _ = state.spend(rows)
         score = np.where(freed > 0, -gain / np.maximum(freed, 1e-300), np.inf)
         state.apply(changes[int(np.argmin(score))])
 
 
-def _best_fitting(
-    state: _Repair, changes: list[list[tuple[int, int]]], excluded: set[int], filling: bool
-) -> int | None:
+def _best_fitting(state: _Repair, changes: Changes, excluded: NDArray[np.bool_], filling: bool) -> int | None:
     """Index of the fitting change with the best value gain per cost added (`filling`: any fitting step
     counts, however little it gains) or with the best positive gain (trading); None if there is none."""
-    if not changes:
+    if not len(changes):
         return None
     gain, added, fits = state.spend(state.candidates(changes))
-    ok = fits if filling else fits & (gain > 1e-12)
-    ok[list(excluded)] = False
+    ok = (fits if filling else fits & (gain > 1e-12)) & ~excluded
     if not ok.any():
         return None
     score = np.where(added > 0, gain / np.maximum(added, 1e-300), np.inf) if filling else gain
@@ -180,28 +204,31 @@ def _best_fitting(
 
 def _fill(state: _Repair) -> None:
     """Raise widths while every budget holds, the most value per unit of budget used first."""
-    excluded: set[int] = set()
+    refused: set[int] = set()
     while True:
-        changes = [[(i, 1)] for i in state.moves(1)]
-        best = _best_fitting(state, changes, {k for k, c in enumerate(changes) if c[0][0] in excluded}, True)
+        groups = state.moves(1)
+        best = _best_fitting(state, single_steps(groups, 1), np.isin(groups, list(refused)), True)
         if best is None:
             return
-        state.apply(changes[best])
+        state.index[groups[best]] += 1
         if state.over():  # the float scoring said it fits; the exact cost decides
-            state.apply([(changes[best][0][0], -1)])
-            excluded.add(changes[best][0][0])
+            state.index[groups[best]] -= 1
+            refused.add(int(groups[best]))
 
 
 def _trade(state: _Repair) -> None:
     """Swap one step down for one step up while that raises the value within budget, then refill."""
     for _ in range(MAX_SWAPS):
-        changes = [[(i, -1), (j, 1)] for i in state.moves(-1) for j in state.moves(1) if i != j]
-        best = _best_fitting(state, changes, set(), False)
+        down, up = np.meshgrid(state.moves(-1), state.moves(1), indexing="ij")
+        keep = down != up
+        changes = np.stack([np.stack([down[keep], -np.ones_like(down[keep])], axis=1),
+                            np.stack([up[keep], np.ones_like(up[keep])], axis=1)], axis=1)  # fmt: skip
+        best = _best_fitting(state, changes, np.zeros(len(changes), dtype=bool), False)
         if best is None:
             return
         state.apply(changes[best])
         if state.over():
-            state.apply([(i, -step) for i, step in changes[best]])
+            state.apply(changes[best], sign=-1)
             return
         _fill(state)
 
