@@ -137,6 +137,8 @@ CASES = [
          "snip", "--dataset", "digits", "--num-classes", "100"), ("--num-classes 100 does not match digits (10)",)),
     Case("unknown variant", ("allocate", "cifar_resnet20", "--macs", "0.5", "--variant", "fancy"),
          ("unknown variant 'fancy'",)),
+    Case("budget the internal mapping cannot reach", ("allocate", "cifar_resnet20", "--macs", "0.3", "--variant",
+         "internal"), ("below what the minimum widths of the 'internal' mapping", "0.3055 of base")),
     Case("unknown allocator in a config", SEARCH, ("space.allocators[0]: unknown value 'magic'",),
          _config(space={"allocators": ["magic"]})),
     Case("unknown dataset", SEARCH, ("data.name: unknown value 'mnist'",), _config(data={"name": "mnist"})),

@@ -12,7 +12,6 @@ import torch
 
 from precrop.allocate import AllocationRequest, BudgetError, dense_plan
 from precrop.build import build_from_plan
-from precrop.density import DensityProblem, objective
 from precrop.density_masks import erk_shape, synexp_layer_densities
 from precrop.masks import (
     apply_masks,
@@ -136,29 +135,38 @@ def test_random_keeps_one_density_everywhere_and_erk_favours_small_layers() -> N
     assert erk_plan.densities[first] > erk_plan.densities[last_stage]
 
 
-def test_synexp_densities_are_the_convex_optimum_and_realized_within_one_weight() -> None:
-    table = cached_table("cifar_resnet20")
-    request = AllocationRequest(params=0.2)
-    target = synexp_layer_densities(table, request)
+@pytest.mark.parametrize(("arch", "request_"), [("cifar_resnet20", AllocationRequest(params=0.2)),
+                                                ("cifar_resnet20", AllocationRequest(macs=0.3))])  # fmt: skip
+def test_granularity_arms_realize_the_channel_plans_density_vector(arch: str, request_: AllocationRequest) -> None:
+    table = cached_table(arch)
+    target = synexp_layer_densities(table, request_)
     layers = prunable_layers(table)
     widths = table.base_widths
     sizes = {x.name: x.weight_count(widths) for x in layers}
-    # KKT: every unclipped layer keeps the same number of weights (one params budget)
-    kept = [target[n] * sizes[n] for n in target if 0.0101 < target[n] < 0.999]
-    assert max(kept) / min(kept) == pytest.approx(1.0, abs=1e-6)
-    # ... and that beats uniform densities at the same budget
-    problem = DensityProblem(np.array([float(sizes[x.name]) for x in layers]), np.zeros(len(layers)), 0.01, 1.0)
-    uniform = np.full(len(layers), weight_budgets(table, request)["params"] / problem.params.sum())
-    assert objective(np.array([target[x.name] for x in layers])) > objective(uniform)
-    weight_plan = realize("synexp_weight", table, request, make_probe("cifar_resnet20")).plan
+    # the vector is the channel plan's own: kept / base weights of each layer at the plan's widths
+    channel = realize("synexp", table, request_, None).plan
+    for layer in layers:
+        assert target[layer.name] == pytest.approx(layer.weight_count(channel.widths) / sizes[layer.name])
+    weight_plan = realize("synexp_weight", table, request_, make_probe(arch)).plan
     for name, density in weight_plan.densities.items():
         assert abs(density * sizes[name] - max(1.0, math.floor(target[name] * sizes[name]))) < 1e-6
-    filter_result = realize("synexp_filter", table, request, make_probe("cifar_resnet20"))
+    filter_result = realize("synexp_filter", table, request_, make_probe(arch))
     for name, mask in filter_result.masks.items():
         rows = mask.flatten(1).all(dim=1) | ~mask.flatten(1).any(dim=1)
         assert bool(rows.all())  # whole filters, kept or dropped
         filters = mask.shape[0]
         assert abs(filter_result.plan.densities[name] - target[name]) <= 1.5 / filters + 1e-9
+    # one vector, three ways: the same SynExp objective and the same cost (within 2%)
+    log_sum = {
+        "channel": sum(math.log(target[x.name]) for x in layers),
+        "weight": sum(math.log(weight_plan.densities[x.name]) for x in layers),
+        "filter": sum(math.log(filter_result.plan.densities[x.name]) for x in layers),
+    }
+    assert max(log_sum.values()) - min(log_sum.values()) < 0.1
+    for metric in request_.metrics:
+        costs = [getattr(channel.counted, metric), getattr(weight_plan.effective, metric),
+                 getattr(filter_result.plan.effective, metric)]  # fmt: skip
+        assert max(costs) <= 1.02 * min(costs)
 
 
 @pytest.mark.parametrize("name", MASK_METHODS)
