@@ -40,12 +40,19 @@ from torch import nn
 
 from precrop.allocate import AllocationRequest, BudgetError, allocated_plan, budgets_and_bounds, require_floor_fits
 from precrop.costmodel import LayerTable
-from precrop.masks import Probe
+from precrop.masks import Probe, check_scores
 from precrop.plan import WidthPlan
 from precrop.rounding import WidthBounds, round_widths, width_bounds
 
 Scores = dict[str, np.ndarray]
 Site = tuple[str, tuple[str, ...]]
+
+# A group whose scores are all zero (or not finite) would be ranked by table order alone: ScoreCollapse.
+PFS_CAUSE = "training drove every gate of these groups to 0, or the loss was not finite (lower lr or lam)"
+PRUNENET_CAUSE = (
+    "the loss does not depend on these channels on the probe batches; likely saturated or dead activations, "
+    "or a loss that is not finite"
+)
 
 
 # ----- from scores to widths ------------------------------------------------------------------------
@@ -275,6 +282,7 @@ class PfsAllocator:
         require_floor_fits(table, request, budgets, shrink_bounds(table, request))
         ratio = keep_ratio(request)
         gates = self.gates(table, require_probe(self.name, probe), ratio)
+        check_scores(self.name, gates, PFS_CAUSE, unit="group")
         fit = fit_ranking(table, request, gates)
         options = {"steps": self.steps, "lr": self.lr, "lam": round(self.penalty_weight(table), 6),
                    "keep_ratio": round(ratio, 6), "kept_channels": fit.kept, "filled_channels": fit.filled}  # fmt: skip
@@ -394,6 +402,7 @@ class PruneNetAllocator:
         require_floor_fits(table, request, budgets, shrink_bounds(table, request))
         metric = "macs" if request.macs is not None else "params"
         scores = self.scores(table, require_probe(self.name, probe), metric)
+        check_scores(self.name, scores, PRUNENET_CAUSE, unit="group")
         fit = fit_ranking(table, request, scores)
         options = {"train_steps": self.train_steps, "lr": self.lr, "momentum": self.momentum,
                    "cost_metric": metric, "kept_channels": fit.kept, "filled_channels": fit.filled}  # fmt: skip

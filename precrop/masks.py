@@ -19,6 +19,7 @@ from torch import nn
 
 from precrop.allocate import AllocationRequest, BudgetError, allocated_plan
 from precrop.costmodel import Cost, Layer, LayerTable
+from precrop.errors import UserError
 from precrop.plan import WidthPlan
 
 Masks = dict[str, torch.Tensor]
@@ -89,6 +90,30 @@ def check_mask_request(table: LayerTable, request: AllocationRequest) -> dict[st
         if getattr(floor, metric) > getattr(request, metric) * getattr(table.cost(), metric):
             raise BudgetError(f"{metric} budget {getattr(request, metric)} leaves no weight in some layer")
     return budgets
+
+
+class ScoreCollapse(UserError):
+    """A pruning score that is exactly zero over a whole layer (or channel group), or not finite.
+
+    Ranking such scores would break ties by layer order and silently empty the layer (a dead network).
+    """
+
+
+def check_scores(method: str, scores: Mapping[str, torch.Tensor | np.ndarray], cause: str, unit: str = "layer") -> None:
+    """Raise ScoreCollapse naming `method`, the `unit`s whose scores are all zero or not finite, and `cause`."""
+    tensors = {name: torch.as_tensor(values) for name, values in scores.items()}
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    zero = [name for name, t in tensors.items() if name not in bad and not bool(t.any())]
+    found = (("not finite", bad), ("all zero", zero))
+    problems = [f"{what} in {_named(names, unit)}" for what, names in found if names]
+    if problems:
+        raise ScoreCollapse(f"{method} scores are {'; '.join(problems)} of {len(scores)} {unit}s: {cause}")
+
+
+def _named(names: list[str], unit: str, shown: int = 4) -> str:
+    """'3 layers (a, b, c)': the first `shown` names and a count of the rest."""
+    listed = ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
+    return f"{len(names)} {unit}{'s' if len(names) > 1 else ''} ({listed})"
 
 
 def select_global(table: LayerTable, scores: Mapping[str, torch.Tensor], budgets: Mapping[str, float]) -> Masks:

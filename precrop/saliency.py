@@ -5,13 +5,17 @@ where a higher score means "keep", and fills the weight budgets with one global 
 (`masks.select_global`). The probe model is never modified: scores are computed on deep copies.
 
 - SynFlow (Tanaka et al. 2020): data-free. On a copy whose parameters and floating buffers are made
-  non-negative (float64, BN in eval mode), R is the sum of the outputs for one all-ones input and a
-  weight scores |theta * dR/dtheta|. Pruning is iterative: the kept cost shrinks exponentially from
-  the full weight cost to the budget over `rounds` rounds, rescoring the masked network each round.
+  non-negative (float64, BN in eval mode) and whose activations are linear (`linearize`), R is the sum
+  of the outputs for one all-ones input and a weight scores |theta * dR/dtheta|. Pruning is iterative:
+  the kept cost shrinks exponentially from the full weight cost to the budget over `rounds` rounds,
+  rescoring the masked network each round.
 - SNIP (Lee et al. 2019): one shot, |theta * dL/dtheta| with the loss gradient over the probe batches.
 - GraSP (Wang et al. 2020): one shot. With g the gradient of the loss (logits divided by a
   temperature) and H its Hessian with respect to the weights, GraSP removes the weights of highest
   -theta * (H g); the keep priority is therefore +theta * (H g).
+
+Scores that are all zero over a layer, or not finite, raise ScoreCollapse (`masks.check_scores`)
+rather than letting the global ranking silently empty that layer.
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from precrop.allocate import AllocationRequest
-from precrop.costmodel import LayerTable
+from precrop.costmodel import INPUT_GROUP, LayerTable
 from precrop.masks import (
     MaskResult,
     Masks,
     Probe,
     check_mask_request,
+    check_scores,
     full_weight_cost,
     layer_weights,
     masked_plan,
+    prunable_layers,
     select_global,
 )
 
@@ -44,11 +50,66 @@ Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 SYNFLOW_ROUNDS = 100
 GRASP_TEMPERATURE = 200.0
 
+SYNFLOW_CAUSE = (
+    "no positive path from the input through these layers to the output in the linearized copy; likely an "
+    "activation or gate that saturates on positive inputs and is called as a function (not a module), "
+    "a normalization that re-centres (LayerNorm, GroupNorm), or a layer whose weights are all zero"
+)
+SYNFLOW_LATE_CAUSE = "earlier rounds pruned every path from the input to the output; the budget is too small"
+DATA_CAUSE = (
+    "the loss does not depend on these layers' weights on the probe batches; likely saturated or dead "
+    "activations, weights that are all zero, or a loss that is not finite"
+)
+
 
 # ----- SynFlow --------------------------------------------------------------------------------------
+# On SynFlow's all-positive input these activations saturate (ReLU6, hard-tanh at their cap: zero
+# gradient) or are not linear: the scoring copy replaces them with the identity. ReLU and its leaky
+# variants are already the identity on non-negative inputs and stay.
+LINEARIZED: tuple[type[nn.Module], ...] = (
+    nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Mish, nn.Tanh, nn.Softsign, nn.Softplus, nn.Tanhshrink,
+    nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.LogSigmoid,
+)  # fmt: skip
+# Sigmoid-like gates (the `scale_activation` of torchvision's SqueezeExcitation in EfficientNet,
+# MobileNetV3, RegNet) saturate at 1 and zero the gradient into their branch: they become UnitMeanGate.
+GATES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Hardsigmoid)
+
+
+class UnitMeanGate(nn.Module):
+    """SynFlow's stand-in for a sigmoid gate: its input over the input's (constant) mean, a linear map.
+
+    Plain identity would make a gated product x * gate(x) quadratic in x: the magnitude squares at every
+    gate and overflows float64 within EfficientNet-B0's 16 squeeze-excitation blocks. Dividing by the
+    detached mean over the non-batch dims gives the gate's output a mean of 1, as a saturated sigmoid's,
+    while dR/dtheta still flows, linearly, into the gate's branch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` divided by its detached mean over every dim but the first (by 1 where that mean is 0)."""
+        mean = x.detach().mean(dim=tuple(range(1, x.dim())), keepdim=True) if x.dim() > 1 else x.detach().mean()
+        return x / torch.where(mean > 0, mean, torch.ones_like(mean))
+
+
+def linearize(net: nn.Module) -> nn.Module:
+    """Replace, in place, every LINEARIZED activation module of `net` by nn.Identity and every gate by UnitMeanGate.
+
+    Only modules can be replaced: an activation called as a function inside a forward (F.relu6,
+    torch.sigmoid, x.clamp(max=6)) stays, and so do softmax attention and LayerNorm. None of the zoo's
+    CNNs or torchvision's convolutional classifiers call a saturating one that way; where a model does
+    and it zeroes a layer's scores, `check_scores` raises ScoreCollapse.
+    """
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GATES):
+                setattr(parent, name, UnitMeanGate())
+            elif isinstance(child, LINEARIZED):
+                setattr(parent, name, nn.Identity())
+    return net
+
+
 def _positive_copy(model: nn.Module) -> nn.Module:
-    """A float64, eval-mode deep copy whose parameters and floating buffers are all non-negative."""
-    net = copy.deepcopy(model).to(torch.float64).eval()
+    """A float64, eval-mode, linearized deep copy whose parameters and floating buffers are all non-negative."""
+    net = linearize(copy.deepcopy(model)).to(torch.float64).eval()
     with torch.no_grad():
         for param in net.parameters():
             param.abs_()
@@ -103,6 +164,22 @@ def _drop_pruned(scores: Scores, masks: Masks) -> Scores:
     return {n: s.masked_fill(~masks[n].to(s.device), float("-inf")) for n, s in scores.items()}
 
 
+def check_synflow_round(table: LayerTable, scores: Scores, round_index: int, rounds: int) -> None:
+    """ScoreCollapse when round `round_index` (1-based) of iterative SynFlow cannot rank its scores.
+
+    Round 1 scores the dense network: every layer must score somewhere. Later rounds may leave a layer
+    that pruning disconnected (a residual branch or a shortcut conv keeps its one forced weight, and the
+    network works through its other paths); they fail only on non-finite scores or when the layers that
+    read the input score 0, i.e. no path from the input to the output is left.
+    """
+    if round_index == 1:
+        check_scores("synflow", scores, SYNFLOW_CAUSE)
+        return
+    inputs = {x.name for x in prunable_layers(table) if INPUT_GROUP in x.in_groups}
+    watched = {n: s for n, s in scores.items() if n in inputs or not bool(torch.isfinite(s).all())}
+    check_scores("synflow", watched, f"round {round_index} of {rounds}: {SYNFLOW_LATE_CAUSE}")
+
+
 def iterative_synflow_masks(
     model: nn.Module, table: LayerTable, budgets: Mapping[str, float], rounds: int = SYNFLOW_ROUNDS
 ) -> Masks:
@@ -116,7 +193,9 @@ def iterative_synflow_masks(
     full = full_weight_cost(table)
     for k in range(1, rounds + 1):
         _set_masked(weights, originals, masks)
-        scores = _drop_pruned(_synflow_pass(net, weights, table.input_shape), masks)
+        raw = _synflow_pass(net, weights, table.input_shape)
+        check_synflow_round(table, raw, k, rounds)
+        scores = _drop_pruned(raw, masks)
         chosen = select_global(table, scores, round_budgets(budgets, full, k, rounds))
         masks = {n: chosen[n] & masks[n] for n in masks}
     return masks
@@ -226,6 +305,7 @@ class SnipPruner:
         budgets = check_mask_request(table, request)
         with _seeded(probe.seed):
             scores = snip_scores(probe.model, table, probe.batches)
+        check_scores(self.name, scores, DATA_CAUSE)
         masks = select_global(table, scores, budgets)
         return masked_plan(table, request, self.name, masks, "weight", started, "masked")
 
@@ -244,5 +324,6 @@ class GraspPruner:
         budgets = check_mask_request(table, request)
         with _seeded(probe.seed):
             scores = grasp_scores(probe.model, table, probe.batches, self.temperature)
+        check_scores(self.name, scores, DATA_CAUSE)
         masks = select_global(table, scores, budgets)
         return masked_plan(table, request, self.name, masks, "weight", started, "masked")

@@ -12,15 +12,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops.misc import SqueezeExcitation
 
 from precrop.allocate import AllocationRequest, dense_plan
-from precrop.build import build_from_plan
+from precrop.build import build_from_plan, layer_table
 from precrop.costmodel import LayerTable
-from precrop.masks import Probe, check_mask_request, kept_counts, masked_cost, prunable_layers
+from precrop.errors import UserError
+from precrop.masks import (
+    Probe,
+    ScoreCollapse,
+    check_mask_request,
+    kept_counts,
+    mask_densities,
+    masked_cost,
+    prunable_layers,
+)
 from precrop.saliency import (
     GraspPruner,
     SnipPruner,
     SynFlowPruner,
+    check_synflow_round,
     full_weight_cost,
     grasp_scores,
     iterative_synflow_masks,
@@ -207,6 +218,145 @@ def test_synflow_conservation_on_a_chain() -> None:
     # conv2 output channel c (2x2 map, flattened in channel-major order) feeds fc[:, 4c : 4c + 4]
     torch.testing.assert_close(conv2.sum(dim=(1, 2, 3)), fc.reshape(3, 5, 4).sum(dim=(0, 2)), rtol=1e-12, atol=0.0)
     assert float(conv1.sum(dim=(1, 2, 3)).min()) > 0.0
+
+
+# ----- SynFlow on saturating activations and gates ------------------------------------------------------
+def path_sums(w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> list[torch.Tensor]:
+    """Per weight of a 3-layer linear chain, the sum over input-output paths through it of the |weight| products."""
+    flows = torch.einsum("ok,kj,ji->okji", w3.abs(), w2.abs(), w1.abs())
+    return [flows.sum(dim=(0, 1)), flows.sum(dim=(0, 3)), flows.sum(dim=(2, 3))]
+
+
+@pytest.mark.parametrize(
+    ("activation", "scale"),
+    [(nn.ReLU6, 20.0), (lambda: nn.Hardtanh(0.0, 1.0), 20.0), (nn.SiLU, 20.0), (nn.Tanh, 20.0),
+     (nn.Hardswish, 0.5), (nn.GELU, 0.5), (nn.Mish, 0.5)],
+    ids=["relu6", "hardtanh", "silu", "tanh", "hardswish", "gelu", "mish"],
+)  # fmt: skip
+def test_synflow_scores_through_saturating_activations_are_path_sums(activation: type[nn.Module], scale: float) -> None:
+    model, table = tiny_mlp()
+    model[2], model[4] = activation(), activation()
+    kind = type(model[2])
+    with torch.no_grad():
+        for name in ("1", "3"):
+            weight_of(model, name).mul_(scale)  # hidden values near 20 saturate; near 1 they meet the curved part
+    weights = [weight_of(model, n).detach().double() for n in ("1", "3", "5")]
+    scores = synflow_scores(model, table)
+    for name, want in zip(("1", "3", "5"), path_sums(*weights), strict=True):
+        torch.testing.assert_close(scores[name], want, rtol=1e-12, atol=0.0)
+    assert type(model[2]) is kind and type(model[4]) is kind  # the model keeps its activations
+
+
+def squeeze_excitation_net() -> tuple[nn.Module, LayerTable]:
+    """1x1 conv, torchvision SqueezeExcitation (SiLU, sigmoid gate, biases), global pool, linear."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1, bias=False), SqueezeExcitation(4, 2, activation=nn.SiLU), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(4, 2, bias=False),
+    )  # fmt: skip
+    return model, trace_layer_table(model, "se", 2, 2, verify=True)
+
+
+def test_synflow_squeeze_excitation_gate_is_linear_with_unit_mean() -> None:
+    model, table = squeeze_excitation_net()
+    params = {n: p.detach().double().abs().requires_grad_(True) for n, p in model.named_parameters()}
+    conv, fc1, fc1_b, fc2, fc2_b, linear = (
+        params[n] for n in ("0.weight", "1.fc1.weight", "1.fc1.bias", "1.fc2.weight", "1.fc2.bias", "4.weight")
+    )
+    x = conv.flatten(1).sum(dim=1)  # a 1x1 conv of the all-ones input: the same value at every position
+    gate = fc2.flatten(1) @ (fc1.flatten(1) @ x + fc1_b) + fc2_b  # SiLU and the sigmoid become linear
+    total = (linear @ (x * gate / float(gate.detach().mean()))).sum()  # divided by its (constant) mean
+    grads = torch.autograd.grad(total, [conv, fc1, fc2, linear])
+    scores = synflow_scores(model, table)
+    for name, weight, grad in zip(("0", "1.fc1", "1.fc2", "4"), (conv, fc1, fc2, linear), grads, strict=True):
+        torch.testing.assert_close(scores[name], (weight * grad).detach(), rtol=1e-12, atol=0.0)
+        assert float(scores[name].min()) > 0.0
+
+
+def test_synflow_scores_every_weight_of_mobilenetv2_cifar() -> None:
+    table = cached_table("mobilenetv2_cifar")
+    scores = synflow_scores(build_from_plan(dense_plan(table), seed=0), table)
+    assert set(scores) == {x.name for x in prunable_layers(table)}
+    for name, values in scores.items():  # ReLU6 saturated at 6 and scored 52 of 53 layers exactly 0
+        assert bool(torch.isfinite(values).all()) and float(values.min()) > 0.0, name
+
+
+def test_iterative_synflow_keeps_mobilenetv2_cifar_alive() -> None:
+    table = cached_table("mobilenetv2_cifar")
+    probe = Probe(build_from_plan(dense_plan(table), seed=0), (), seed=0)
+    request = AllocationRequest(params=0.3)
+    result = SynFlowPruner(rounds=5).prune(table, request, probe)
+    assert sum(kept_counts(result.masks).values()) == math.floor(check_mask_request(table, request)["params"])
+    densities = mask_densities(result.masks)
+    assert min(densities.values()) > 0.05, min(densities, key=densities.__getitem__)  # was 1 weight per conv
+    assert densities["classifier.1"] < 1.0
+
+
+def test_synflow_scores_efficientnet_squeeze_excitation_layers() -> None:
+    table = layer_table("efficientnet_b0", num_classes=10, input_size=32)
+    scores = synflow_scores(build_from_plan(dense_plan(table), seed=0), table)
+    squeeze = [name for name in scores if name.endswith((".fc1", ".fc2"))]
+    assert len(squeeze) == 32
+    for name, values in scores.items():
+        assert bool(torch.isfinite(values).all()), name  # an identity gate overflows float64 to inf
+        assert float(values.max()) > 0.0, name
+    for name in squeeze:  # the saturated sigmoid gate scored them all 0
+        assert float(scores[name].min()) > 0.0, name
+
+
+# ----- collapsed scores are errors -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("pruner", "layers"),
+    [(SynFlowPruner(rounds=2), "2 layers (0, 3)"), (SnipPruner(), "2 layers (0, 3)"), (GraspPruner(), "1 layer (3)")],
+    ids=["synflow", "snip", "grasp"],
+)
+def test_a_layer_scored_all_zero_raises_score_collapse(
+    pruner: SynFlowPruner | SnipPruner | GraspPruner, layers: str
+) -> None:
+    model, table = tiny_cnn()
+    with torch.no_grad():
+        weight_of(model, "3").zero_()  # conv "3" scores 0; no gradient reaches conv "0" (GraSP's H g still does)
+    probe = Probe(model, random_batches(table, 2, 4, seed=3), seed=0)
+    with pytest.raises(ScoreCollapse) as error:
+        pruner.prune(table, AllocationRequest(params=0.5), probe)
+    assert str(error.value).startswith(f"{pruner.name} scores are all zero in {layers} of 3 layers: ")
+    assert issubclass(ScoreCollapse, UserError)
+
+
+def test_later_synflow_rounds_fail_only_when_no_input_to_output_path_is_left() -> None:
+    _, table = chain_cnn()
+    assert [x.name for x in prunable_layers(table)] == ["0", "2", "5"]
+    scores = {"0": torch.ones(4, 3, 3, 3), "2": torch.zeros(5, 4, 3, 3), "5": torch.ones(3, 20)}
+    with pytest.raises(ScoreCollapse, match=r"^synflow scores are all zero in 1 layer \(2\) of 3 layers: no positive"):
+        check_synflow_round(table, scores, 1, 5)  # the dense network: every layer must score
+    check_synflow_round(table, scores, 3, 5)  # later: a disconnected layer alone is SynFlow's own choice
+    with pytest.raises(ScoreCollapse, match=r"all zero in 1 layer \(0\) of 1 layers: round 3 of 5: .* from the input"):
+        check_synflow_round(table, {**scores, "0": torch.zeros(4, 3, 3, 3)}, 3, 5)
+    with pytest.raises(ScoreCollapse, match=r"^synflow scores are not finite in 1 layer \(5\) of 2 layers: round 4"):
+        check_synflow_round(table, {**scores, "5": torch.full((3, 20), float("inf"))}, 4, 5)
+
+
+def test_non_finite_scores_raise_score_collapse(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, table = tiny_cnn()
+    real = grasp_scores
+
+    def broken(*args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        scores = real(*args, **kwargs)  # type: ignore[arg-type]
+        scores["6"][0, 0] = float("nan")
+        return scores
+
+    monkeypatch.setattr("precrop.saliency.grasp_scores", broken)
+    probe = Probe(model, random_batches(table, 1, 4, seed=3), seed=0)
+    with pytest.raises(ScoreCollapse, match=r"^grasp scores are not finite in 1 layer \(6\) of 3 layers"):
+        GraspPruner().prune(table, AllocationRequest(params=0.5), probe)
+
+
+def test_negative_grasp_scores_are_not_a_collapse() -> None:
+    model, table = tiny_cnn()
+    probe = Probe(model, random_batches(table, 2, 4, seed=3), seed=0)
+    scores = grasp_scores(model, table, probe.batches)
+    assert any(float(s.min()) < 0.0 for s in scores.values())
+    GraspPruner().prune(table, AllocationRequest(params=0.5), probe)
 
 
 # ----- iterative SynFlow ------------------------------------------------------------------------------
