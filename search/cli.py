@@ -39,7 +39,11 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     study.add_argument("--budgets", type=_budgets, default=(0.5,), metavar="B[,B...]",
                        help="budgets (fractions of space.budget_metric) to study, default 0.5")  # fmt: skip
     study.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
-    study.add_argument("--out", help="also write study.csv, study.md and study.png to this folder")
+    study.add_argument("--out", help="also write study.csv, paired.csv, study.md and study.png to this folder")
+    study.add_argument("--report", action="store_true",
+                       help="train nothing: remake the tables of the latest finished study of this config "
+                       "and kind from MLflow (print, log to its parent run, write --out); ignores --budgets "
+                       "and --seeds")  # fmt: skip
     study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override one config value (repeatable)")  # fmt: skip
     study.add_argument("--address", help="Ray cluster, as for `precrop search`")
@@ -109,6 +113,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
         config = load_config(args.config, overrides)
+        if args.report:
+            from search.study_report import run_study_report
+
+            return run_study_report(config, args.kind, args.out)
         study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)
         return run_search(config, study=study)
     if args.command == "reconcile":

@@ -287,6 +287,8 @@ def _parse_scalar(kind: type, value: Any, path: str) -> Any:
     if kind is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads a bare yes/no (on/off) as a boolean
+            return "yes" if value else "no"
         raise ConfigError(f"{path} must be a string, got {value!r}")
     raise AssertionError(f"unsupported config type {kind} at {path}")
 

@@ -9,24 +9,33 @@
 
 Every cell of the grid is trained with the same recipe (the midpoint of each searched range: geometric
 for lr and weight decay) and the same seeds, so only the studied dimension differs. The result table
-(mean and spread over seeds) is printed, logged to the parent MLflow run (study.csv, study.md,
-study.png) and optionally written to a folder.
+(mean and spread over seeds, and the realized SynExp objective sum_l log d_l read back from each run's
+plan) and the paired table (per-seed differences to the reference arm with a 95% CI, search/study_stats.py)
+are printed, logged to the parent MLflow run (study.md, study.csv, paired.csv, study.png) and optionally
+written to a folder. `precrop study KIND CONFIG --report` remakes them from MLflow (search/study_report.py).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import statistics
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from precrop.fileio import check_writable_dir
 from precrop.textui import format_table
 from search.config import ConfigError, ExperimentConfig
+from search.study_stats import REFERENCES, paired_csv, paired_rows, reference_of, study_label
+
+if TYPE_CHECKING:
+    from precrop.costmodel import LayerTable
+    from precrop.plan import WidthPlan
 
 GRANULARITY = ("synexp_weight", "synexp_filter", "synexp")
 GRANULARITY_LABELS = {"synexp_weight": "weight", "synexp_filter": "filter", "synexp": "channel"}
@@ -110,11 +119,13 @@ class Cell:
     macs_fraction: float
     params_fraction: float
     latency_ms: float
+    objective: float | None = None  # SynExp's sum_l log d_l of the realized plan
 
 
-def cell_from_run(run: Any, study: Study) -> Cell:
-    """A Cell from the trial's MLflow run (params, final metrics)."""
+def cell_from_run(run: Any, study: Study, client: Any = None) -> Cell:
+    """A Cell from the trial's MLflow run (params, final metrics, the objective of its logged plan)."""
     params, metrics = run.data.params, run.data.metrics
+    plan = run_plan(run, client)
     return Cell(
         value=params[study.dimension],
         budget=float(params["budget"]),
@@ -124,13 +135,66 @@ def cell_from_run(run: Any, study: Study) -> Cell:
         macs_fraction=float(metrics["macs_fraction"]),
         params_fraction=float(metrics["params_fraction"]),
         latency_ms=float(metrics["latency_ms"]),
+        objective=None if plan is None else plan_objective(plan),
     )
 
 
+def run_plan(run: Any, client: Any = None) -> WidthPlan | None:
+    """The plan the run logged (through `client`, else its artifact URI); None when it cannot be read."""
+    from mlflow.exceptions import MlflowException
+
+    from precrop.errors import UserError
+
+    try:
+        if client is not None:
+            from search.models import load_run_plan
+
+            return load_run_plan(client, run.info.run_id)
+        return _plan_at(str(run.info.artifact_uri))
+    except (MlflowException, OSError, UserError, ValueError, KeyError):
+        return None
+
+
+def _plan_at(artifact_uri: str) -> WidthPlan | None:
+    """`plan/plan.json`, else `model/plan.json`, under a run's artifact URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from precrop.plan import WidthPlan
+
+    for folder in ("plan", "model"):
+        uri = f"{artifact_uri}/{folder}/plan.json"
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            except (MlflowException, OSError):
+                continue
+            return WidthPlan.from_json(Path(path).read_text())
+    return None
+
+
+def plan_objective(plan: WidthPlan) -> float:
+    """SynExp's objective sum_l log d_l as realized: kept/base weights of width plans, mask densities of
+    mask plans (-inf when a layer keeps nothing)."""
+    if plan.masked:
+        densities = list(plan.densities.values())
+        return -math.inf if min(densities, default=1.0) <= 0 else sum(math.log(d) for d in densities)
+    from precrop.objective import synexp_objective
+
+    return synexp_objective(_layer_table(plan.arch, plan.num_classes, plan.input_shape[1]), plan.widths)
+
+
+@functools.lru_cache(maxsize=8)
+def _layer_table(arch: str, num_classes: int, input_size: int) -> LayerTable:
+    from precrop.build import layer_table
+
+    return layer_table(arch, num_classes, input_size)
+
+
 def summary_rows(cells: Sequence[Cell], study: Study) -> tuple[list[str], list[list[Any]]]:
-    """One row per (value, budget): cost fractions, latency, and accuracy mean +- stdev over seeds."""
-    label = {"granularity": "granularity", "mapping": "variant"}.get(study.kind, "allocator")
-    header = [label, "budget", "MACs frac", "params frac", "CPU ms", "seeds", "val acc", "test acc"]
+    """One row per (value, budget): cost fractions, SynExp objective, latency, accuracy mean +- stdev over seeds."""
+    header = [study_label(study), "budget", "MACs frac", "params frac", "sum log d", "CPU ms", "seeds", "val acc",
+              "test acc"]  # fmt: skip
     rows = []
     for budget in study.budgets:
         for value in study.values:
@@ -141,6 +205,7 @@ def summary_rows(cells: Sequence[Cell], study: Study) -> tuple[list[str], list[l
                 _label(study, value), f"{budget:g}",
                 f"{statistics.fmean(c.macs_fraction for c in group):.3f}",
                 f"{statistics.fmean(c.params_fraction for c in group):.3f}",
+                _mean_objective(group),
                 f"{statistics.fmean(c.latency_ms for c in group):.2f}",
                 f"{sum(c.val_acc is not None for c in group)}/{len(study.seeds)}",
                 _mean_spread([c.val_acc for c in group]), _mean_spread([c.test_acc for c in group]),
@@ -151,6 +216,12 @@ def summary_rows(cells: Sequence[Cell], study: Study) -> tuple[list[str], list[l
 def _label(study: Study, value: str) -> str:
     """How a value is shown: weight/filter/channel in the granularity study, its own name elsewhere."""
     return GRANULARITY_LABELS.get(value, value) if study.kind == "granularity" else value
+
+
+def _mean_objective(group: Sequence[Cell]) -> str:
+    """The mean over seeds of the realized objective ("-" when no plan could be read)."""
+    values = [c.objective for c in group if c.objective is not None]
+    return f"{statistics.fmean(values):.2f}" if values else "-"
 
 
 def _mean_spread(values: Sequence[float | None]) -> str:
@@ -174,10 +245,10 @@ def cells_csv(cells: Sequence[Cell]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["value", "budget", "seed", "val_acc", "test_acc", "macs_fraction", "params_fraction",
-                     "latency_ms"])  # fmt: skip
+                     "latency_ms", "objective"])  # fmt: skip
     for c in cells:
         writer.writerow([c.value, c.budget, c.seed, c.val_acc, c.test_acc, c.macs_fraction, c.params_fraction,
-                         c.latency_ms])  # fmt: skip
+                         c.latency_ms, c.objective])  # fmt: skip
     return buffer.getvalue()
 
 
@@ -217,11 +288,27 @@ def _accuracy(cell: Cell) -> float | None:
     return cell.test_acc if cell.test_acc is not None else cell.val_acc
 
 
+def paired_title(study: Study) -> str:
+    """The line above the paired table: what is compared with what."""
+    reference = reference_of(study)
+    if reference is None:
+        missing = _label(study, REFERENCES.get(study.kind, "uniform"))
+        return f"no paired comparison: the reference arm ({missing}) is not in this study"
+    return (f"paired by seed, difference to {_label(study, reference)} (arm - {_label(study, reference)}), "
+            f"mean and 95% CI (Student t over the seed pairs):")  # fmt: skip
+
+
 def write_outputs(folder: Path, cells: Sequence[Cell], study: Study, title: str) -> str:
-    """study.csv, study.md and study.png in `folder`; returns the printed table."""
+    """study.csv, paired.csv, study.md (both tables) and study.png in `folder`; returns the printed tables."""
     header, rows = summary_rows(cells, study)
+    pair_header, pair_rows = paired_rows(cells, study, lambda v: _label(study, v))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "study.csv").write_text(cells_csv(cells))
-    (folder / "study.md").write_text(to_markdown(header, rows))
+    (folder / "paired.csv").write_text(paired_csv(cells, study))
+    markdown = to_markdown(header, rows) + "\n" + paired_title(study) + "\n"
+    if pair_rows:
+        markdown += "\n" + to_markdown(pair_header, pair_rows)
+    (folder / "study.md").write_text(markdown)
     (folder / "study.png").write_bytes(plot_study(cells, study, title))
-    return format_table(header, rows)
+    printed = format_table(header, rows) + "\n\n" + paired_title(study)
+    return printed + ("\n" + format_table(pair_header, pair_rows) if pair_rows else "")

@@ -62,7 +62,7 @@ def summarize_study(client: Any, config: ExperimentConfig, handle: Any, study: A
     runs = tracking.trial_runs(client, handle.experiment_id, handle.parent_run_id)
     completed = [r for r in (record_from_run(run) for run in runs) if r.completed]
     tested = {r.run_id: r.test_acc for r in _with_test_accuracy(client, config, completed)}
-    cells = [dataclasses.replace(cell_from_run(run, study), test_acc=tested.get(run.info.run_id))
+    cells = [dataclasses.replace(cell_from_run(run, study, client), test_acc=tested.get(run.info.run_id))
              for run in runs if run.info.run_id in tested]  # fmt: skip
     title = f"{handle.name}: {config.model.arch} on {config.data.name}, {config.space.epochs} epochs"
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def summarize_study(client: Any, config: ExperimentConfig, handle: Any, study: A
     print(f"{len(cells)} of {study.trials} cells trained to the end ({study.kind} study):")
     print(table)
     if study.out_dir:
-        print(f"wrote study.csv, study.md and study.png to {study.out_dir}")
+        print(f"wrote study.csv, paired.csv, study.md and study.png to {study.out_dir}")
 
 
 def _with_test_accuracy(client: Any, config: ExperimentConfig, front: list[TrialRecord]) -> list[TrialRecord]:

@@ -35,6 +35,12 @@ def test_overrides_parse_values_as_yaml(tmp_path: Path) -> None:
     assert config.asha.enabled is False
 
 
+@pytest.mark.parametrize(("text", "expected"), [("yes", "yes"), ("no", "no"), ("auto", "auto")])
+def test_a_bare_yes_or_no_is_the_word_not_a_boolean(tmp_path: Path, text: str, expected: str) -> None:
+    config = load_config(write_config(tmp_path, {"name": "x"}), [f"data.resident={text}"])
+    assert config.data.resident == expected
+
+
 def test_defaults_round_trip_through_to_dict() -> None:
     config = parse_config({})
     assert parse_config(config.to_dict()) == config
