@@ -15,7 +15,9 @@ def test_measure_model_counts_the_plan_cost_and_times_cpu() -> None:
     model = build_from_plan(plan, seed=0)
     result = measure_model(model, plan.input_shape, batch_sizes=(1, 8), devices=("cpu",), max_seconds=0.5)
     assert result["params"] == plan.counted.params and result["macs"] == plan.counted.macs
-    assert 0 < result["latency_cpu_b1_ms"] < result["latency_cpu_b8_ms"]
+    # both batch sizes timed; their order is not asserted: another process on the machine can make a
+    # batch of 1 take longer than a batch of 8 (seen under load), and no test may depend on wall time
+    assert result["latency_cpu_b1_ms"] > 0 and result["latency_cpu_b8_ms"] > 0
 
 
 def test_timings_keep_at_least_three_repeats_and_leave_the_model_alone() -> None:
