@@ -253,35 +253,43 @@ def cells_csv(cells: Sequence[Cell]) -> str:
 
 
 def plot_study(cells: Sequence[Cell], study: Study, title: str) -> bytes:
-    """Test (else val) accuracy against the MACs fraction, one series per studied value, seeds as dots."""
+    """Test (else val) accuracy against the MACs and the params fraction (two panels: a budget on one
+    cost leaves the other free, so both are shown), one series per studied value, seeds as dots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=120, sharey=True)
+    costs = (("macs_fraction", "MACs"), ("params_fraction", "params"))
+    for ax, (field, name) in zip(axes, costs, strict=True):
+        _plot_series(ax, cells, study, field)
+        ax.set_xlabel(f"{name} (fraction of dense; theoretical for masks)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (test where evaluated, else val)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _plot_series(ax: Any, cells: Sequence[Cell], study: Study, field: str) -> None:
+    """One series per studied value on `ax`: a dot per seed, a line through the per-budget means."""
     for index, value in enumerate(study.values):
         color, label = f"C{index}", _label(study, value)
         means: list[tuple[float, float]] = []
         for budget in study.budgets:
             mine = [c for c in cells if c.value == value and c.budget == budget]
-            points = [(c.macs_fraction, y) for c in mine if (y := _accuracy(c)) is not None]
+            points = [(float(getattr(c, field)), y) for c in mine if (y := _accuracy(c)) is not None]
             if points:
                 xs, ys = [x for x, _ in points], [y for _, y in points]
                 ax.scatter(xs, ys, s=22, color=color, alpha=0.7, label=label if not means else None)
                 means.append((statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)))
         if len(means) > 1:
             ax.plot(*zip(*means, strict=True), color=color, linewidth=1)
-    ax.set_xlabel("MACs (fraction of dense; theoretical for masks)")
-    ax.set_ylabel("accuracy (test where evaluated, else val)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _accuracy(cell: Cell) -> float | None:
