@@ -74,8 +74,9 @@ def test_preconfig_at_scale_one_spends_the_same_macs(arch: str) -> None:
     assert plan.counted.params <= 0.8 * plan.base.params
 
 
+# ResNet-56 at 0.5 MACs: the old rounding (distance to the fitted widths) scored 0.26 nats below continuous uniform
 FILL_CASES = [("cifar_resnet20", "params", 0.5), ("cifar_resnet20", "macs", 0.5), ("cifar_resnet56", "params", 0.3),
-              ("mobilenetv2", "macs", 0.3)]  # fmt: skip
+              ("cifar_resnet56", "macs", 0.5), ("mobilenetv2", "macs", 0.3)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "metric", "budget"), FILL_CASES)
