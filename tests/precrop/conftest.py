@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 
+import pytest
 import torch
 
 from precrop.allocate import dense_plan
@@ -28,3 +30,12 @@ def make_probe(arch: str, seed: int = 0, batches: int = 2, batch: int = 8) -> Pr
         for _ in range(batches)
     )  # fmt: skip
     return Probe(build_from_plan(dense_plan(table), seed=seed), data, seed)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module's small, batch-1 passes single-threaded (2-thread OpenMP stalls on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterator
 from functools import cache
 
 import pytest
@@ -42,15 +41,10 @@ from precrop.saliency import (
 from precrop.tracing import trace_layer_table
 from tests.precrop.conftest import cached_table
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # ----- helpers ---------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Run this module's small, batch-1 passes single-threaded (2-thread OpenMP stalls on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_mlp() -> tuple[nn.Sequential, LayerTable]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -16,14 +14,7 @@ from precrop.masks import ScoreCollapse, check_scores
 from precrop.saliency import UnitMeanGate, linearize
 from tests.precrop.conftest import cached_table, make_probe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Single-threaded small passes (two OpenMP threads stall on a busy 2-core machine); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_check_scores_accepts_signed_partly_zero_scores() -> None:
