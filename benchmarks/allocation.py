@@ -14,11 +14,11 @@ from collections.abc import Callable
 import cvxpy as cp
 import numpy as np
 
-from precrop.allocate import AllocationRequest, SynExpAllocator
-from precrop.build import layer_table
-from precrop.density import CvxDensitySolver, DensityProblem, closed_form, objective
-from precrop.mapping import density_rows, movable_groups
+from precrop.nn.build import layer_table
 from precrop.textui import format_table
+from precrop.width.allocate import AllocationRequest, SynExpAllocator
+from precrop.width.density import CvxDensitySolver, DensityProblem, closed_form, objective
+from precrop.width.mapping import density_rows, movable_groups
 
 ARCHS = ["resnet50", "mobilenetv2", "efficientnet_b0", "cifar_resnet56"]
 

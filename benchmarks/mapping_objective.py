@@ -15,13 +15,13 @@ import platform
 import time
 from collections.abc import Sequence
 
-from precrop.allocate import AllocationRequest, BudgetError, SynExpAllocator, UniformAllocator
-from precrop.build import layer_table
-from precrop.costmodel import LayerTable
-from precrop.objective import continuous_uniform, synexp_objective
-from precrop.plan import WidthPlan
+from precrop.nn.build import layer_table
+from precrop.nn.zoo import REGISTRY
 from precrop.textui import format_table
-from precrop.zoo import REGISTRY
+from precrop.width.allocate import AllocationRequest, BudgetError, SynExpAllocator, UniformAllocator
+from precrop.width.costmodel import LayerTable
+from precrop.width.objective import continuous_uniform, synexp_objective
+from precrop.width.plan import WidthPlan
 
 BUDGETS = (("macs", 0.5), ("macs", 0.3), ("macs", 0.1), ("params", 0.5), ("params", 0.3))
 

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from precrop.allocate import AllocationRequest, SynExpAllocator
-from precrop.build import build_from_plan, layer_table
-from precrop.counting import count_cost
-from precrop.plan import WidthPlan
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.nn.counting import count_cost
+from precrop.nn.zoo import REGISTRY
 from precrop.textui import format_table
-from precrop.zoo import REGISTRY
+from precrop.width.allocate import AllocationRequest, SynExpAllocator
+from precrop.width.plan import WidthPlan
 from trainers.measure import measure_latency, measure_train_step
 
 TRAIN_BATCH = {"cifar_resnet56": 64, "resnet50": 16}

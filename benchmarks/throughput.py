@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from precrop.nn.zoo import REGISTRY
 from precrop.textui import format_table
-from precrop.zoo import REGISTRY
 from trainers.cifar import CIFAR_MEAN, CIFAR_STD
 from trainers.datasets import Augmentation, DataSet, FileSplit
 from trainers.imagefolder import decode_all, list_samples

@@ -12,18 +12,18 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from precrop.allocate import AllocationRequest, BudgetError, dense_plan
-from precrop.costmodel import LayerTable
 from precrop.errors import UserError
 from precrop.fileio import write_atomically
 from precrop.inspect import describe
-from precrop.plan import WidthPlan
 from precrop.textui import format_table
+from precrop.width.allocate import AllocationRequest, BudgetError, dense_plan
+from precrop.width.costmodel import LayerTable
+from precrop.width.plan import WidthPlan
 
 if TYPE_CHECKING:
     import torch
 
-    from precrop.masks import MaskResult
+    from precrop.methods.masks import MaskResult
 
     Batches = tuple[tuple[torch.Tensor, torch.Tensor], ...]
     BatchSource = Callable[[int], Batches]
@@ -69,7 +69,7 @@ def render_mask_plan(plan: WidthPlan, table: LayerTable) -> str:
 
 def kept_weights(plan: WidthPlan, table: LayerTable) -> list[tuple[str, int, int]]:
     """(layer, kept weights, all weights) for every masked layer of a mask plan, in table order."""
-    from precrop.masks import prunable_layers
+    from precrop.methods.masks import prunable_layers
 
     layers = [(x.name, x.weight_count(table.base_widths)) for x in prunable_layers(table)]
     return [(name, round(plan.densities[name] * total), total) for name, total in layers if name in plan.densities]
@@ -96,7 +96,7 @@ def allocate(
 
     `batches(seed)` gives the training batches data-driven methods score; None when there is no data.
     """
-    from precrop.methods import check_feasible, method, realize
+    from precrop.methods.registry import check_feasible, method, realize
 
     spec = method(name)
     if not spec.needs_model:
@@ -107,8 +107,8 @@ def allocate(
             f"run the installed `precrop allocate ... --allocator {name} --dataset D`"
         )
     check_feasible(name, table, request)
-    from precrop.build import build_from_plan
-    from precrop.masks import Probe
+    from precrop.methods.masks import Probe
+    from precrop.nn.build import build_from_plan
 
     dense = build_from_plan(dense_plan(table), seed=seed)
     probe_batches = batches(seed) if (spec.needs_data and batches is not None) else ()

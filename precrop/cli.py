@@ -59,8 +59,8 @@ def add_info_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -
 
 
 def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> OneLineErrorParser:
-    """Register `allocate` with every method of `precrop.methods`; return its parser (trainers adds data options)."""
-    from precrop.methods import METHODS
+    """Register `allocate` with every method of the registry; return its parser (trainers adds data options)."""
+    from precrop.methods.registry import METHODS
 
     alloc = commands.add_parser("allocate", help="widths or weight masks for a params and/or MACs budget")
     alloc.add_argument("arch")

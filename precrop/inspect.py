@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from precrop.costmodel import LayerTable
 from precrop.errors import UserError
 from precrop.textui import format_table, human
+from precrop.width.costmodel import LayerTable
 
 
 def describe(arch: str, num_classes: int | None = None, input_size: int | None = None) -> LayerTable:
     """Build `arch` densely and trace its layer table (UserError for unknown or untraceable archs)."""
-    from precrop.build import layer_table
-    from precrop.tracing import TracingError
-    from precrop.zoo import REGISTRY
+    from precrop.nn.build import layer_table
+    from precrop.nn.tracing import TracingError
+    from precrop.nn.zoo import REGISTRY
 
     size = input_size or REGISTRY.get(arch).input_size
     try:

@@ -298,9 +298,9 @@ def _parse_scalar(kind: type, value: Any, path: str) -> Any:
 
 def validate(config: ExperimentConfig) -> None:
     """Range checks that parsing cannot do; ConfigError names the key."""
-    from precrop.mapping import VARIANTS
-    from precrop.methods import METHODS
-    from precrop.zoo import REGISTRY
+    from precrop.methods.registry import METHODS
+    from precrop.nn.zoo import REGISTRY
+    from precrop.width.mapping import VARIANTS
     from trainers.datasets import dataset_names
     from trainers.recipe import SCHEDULES
 

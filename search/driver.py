@@ -156,8 +156,8 @@ def _finish_failed(client: Any, handle: SearchHandle, uri: str, exc: BaseExcepti
 def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
     """Fail fast, before Ray starts: the data must load and every allocator must meet the budget range
     (or, for a study, every cell of its grid)."""
-    from precrop.build import layer_table
-    from precrop.methods import check_feasible
+    from precrop.methods.registry import check_feasible
+    from precrop.nn.build import layer_table
     from search.space import TrialPoint
     from trainers.datasets import DataRequest, load_dataset
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from precrop.errors import UserError
 from precrop.fileio import write_atomically
-from precrop.plan import WidthPlan
+from precrop.width.plan import WidthPlan
 from search.config import default_tracking_uri
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

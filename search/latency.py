@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from precrop.plan import WidthPlan
+from precrop.width.plan import WidthPlan
 
 IN_SEARCH_KEY = "latency_ms_in_search"
 TIMED_TAG = "precrop.latency_timed"
@@ -178,7 +178,7 @@ def retime_plans(plans: Iterable[WidthPlan], batch: int, threads: int) -> list[f
     """Build each plan's model and time it with `threads` torch threads (restored afterwards)."""
     import torch
 
-    from precrop.build import build_from_plan
+    from precrop.nn.build import build_from_plan
 
     plans = list(plans)
     models = [build_from_plan(plan, seed=0) for plan in plans]

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from precrop.errors import UserError
-from precrop.plan import WidthPlan
+from precrop.width.plan import WidthPlan
 from trainers.checkpoint import PLAN_FILE, WEIGHTS_FILE, load_model
 
 MODEL_ARTIFACTS = "model"

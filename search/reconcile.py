@@ -22,7 +22,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from precrop.errors import UserError
-from precrop.plan import WidthPlan
+from precrop.width.plan import WidthPlan
 from search import tracking
 from search.config import ExperimentConfig, parse_config
 from search.run_logger import RunLogger
@@ -220,7 +220,7 @@ def _ending(tune_status: str, last: dict[str, Any]) -> tuple[str, str, str]:
 
 def _widths_table(plan: WidthPlan) -> str:
     from precrop.allocate_cli import render_plan
-    from precrop.build import layer_table
+    from precrop.nn.build import layer_table
 
     return render_plan(plan, layer_table(plan.arch, plan.num_classes, plan.input_shape[1]))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from precrop.allocate import AllocationRequest
+from precrop.width.allocate import AllocationRequest
 from search.config import SpaceConfig
 from trainers.recipe import TrainConfig
 

@@ -34,8 +34,8 @@ from search.config import ConfigError, ExperimentConfig
 from search.study_stats import REFERENCES, paired_csv, paired_rows, reference_of, study_label
 
 if TYPE_CHECKING:
-    from precrop.costmodel import LayerTable
-    from precrop.plan import WidthPlan
+    from precrop.width.costmodel import LayerTable
+    from precrop.width.plan import WidthPlan
 
 GRANULARITY = ("synexp_weight", "synexp_filter", "synexp")
 GRANULARITY_LABELS = {"synexp_weight": "weight", "synexp_filter": "filter", "synexp": "channel"}
@@ -160,7 +160,7 @@ def _plan_at(artifact_uri: str) -> WidthPlan | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from precrop.plan import WidthPlan
+    from precrop.width.plan import WidthPlan
 
     for folder in ("plan", "model"):
         uri = f"{artifact_uri}/{folder}/plan.json"
@@ -179,14 +179,14 @@ def plan_objective(plan: WidthPlan) -> float:
     if plan.masked:
         densities = list(plan.densities.values())
         return -math.inf if min(densities, default=1.0) <= 0 else sum(math.log(d) for d in densities)
-    from precrop.objective import synexp_objective
+    from precrop.width.objective import synexp_objective
 
     return synexp_objective(_layer_table(plan.arch, plan.num_classes, plan.input_shape[1]), plan.widths)
 
 
 @functools.lru_cache(maxsize=8)
 def _layer_table(arch: str, num_classes: int, input_size: int) -> LayerTable:
-    from precrop.build import layer_table
+    from precrop.nn.build import layer_table
 
     return layer_table(arch, num_classes, input_size)
 

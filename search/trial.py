@@ -24,13 +24,13 @@ from mlflow import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from precrop.allocate import dense_plan
 from precrop.allocate_cli import render_plan
-from precrop.build import build_from_plan, layer_table
-from precrop.costmodel import LayerTable
-from precrop.masks import Probe, apply_masks
-from precrop.methods import method, realize
-from precrop.plan import WidthPlan
+from precrop.methods.masks import Probe, apply_masks
+from precrop.methods.registry import method, realize
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import dense_plan
+from precrop.width.costmodel import LayerTable
+from precrop.width.plan import WidthPlan
 from search import tracking
 from search.config import ExperimentConfig
 from search.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models

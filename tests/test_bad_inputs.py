@@ -83,8 +83,8 @@ def _plan(edit: Callable[[dict[str, object]], None], input_size: int = 8, classe
     """plan.json: a real ResNet-20 plan for digits-sized inputs, then edited."""
 
     def write(folder: Path) -> None:
-        from precrop.allocate import AllocationRequest, SynExpAllocator
-        from precrop.build import layer_table
+        from precrop.nn.build import layer_table
+        from precrop.width.allocate import AllocationRequest, SynExpAllocator
 
         table = layer_table("cifar_resnet20", classes, input_size)
         plan = SynExpAllocator().allocate(table, AllocationRequest(macs=0.5))

@@ -1,28 +1,75 @@
-"""Package layering: precrop and trainers never import ray or mlflow; the convex programs import no torch."""
+"""Package layering: the import-linter contracts in pyproject.toml hold, can fail, and agree with runtime imports."""
 
 from __future__ import annotations
 
+import pathlib
+import shutil
 import subprocess
 import sys
 
+import pytest
 
-def test_precrop_does_not_pull_in_ray_or_mlflow() -> None:
-    code = (
-        "import sys, precrop.cli, precrop.zoo, precrop.tracing, precrop.surgery, precrop.inspect, trainers\n"
-        "import trainers.cli, trainers.loop, trainers.measure, trainers.checkpoint, trainers.cifar\n"
-        "import trainers.imagefolder, trainers.digits, trainers.synthetic\n"
-        "import precrop.methods, precrop.masks, precrop.saliency, precrop.channel_rank, precrop.density_masks\n"
-        "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LINT = "from importlinter.cli import lint_imports; raise SystemExit(lint_imports(no_cache=True, no_logo=True))"
+
+
+def lint_imports(project: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """Run import-linter on `project` (its pyproject.toml and packages), in a fresh interpreter."""
+    env = {"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", LINT], cwd=project, env=env, capture_output=True, text=True)
+
+
+def test_import_contracts_hold() -> None:
+    out = lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 kept, 0 broken" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "bad_import", "contract"),
+    [
+        ("precrop/width/plan.py", "import torch", "the width math imports no torch"),
+        ("trainers/loop.py", "import mlflow", "precrop and trainers import no ray, mlflow or optuna"),
+        ("precrop/nn/build.py", "import trainers.recipe", "search -> trainers -> precrop"),
+        ("precrop/width/rounding.py", "import precrop.nn.counting", "inside precrop"),
+    ],
+)
+def test_a_forbidden_import_breaks_its_contract(tmp_path: pathlib.Path, module: str, bad_import: str,
+                                                contract: str) -> None:
+    """The contracts are not vacuous: one added import in a copy of the tree breaks the contract it violates."""
+    for name in ("precrop", "trainers", "search"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / module
+    target.write_text(target.read_text() + f"\n{bad_import}  # noqa\n")
+    out = lint_imports(tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    broken = out.stdout.split("Broken contracts", 1)[1]
+    assert contract in broken
+
+
+def modules_under(package: str) -> list[str]:
+    """Every module of `package`, found on disk (no hand-kept list to fall out of date)."""
+    base = ROOT / package.replace(".", "/")
+    return sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in base.rglob("*.py")
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
-def test_convex_programs_import_no_torch() -> None:
-    code = (
-        "import sys, precrop.costmodel, precrop.density, precrop.mapping, precrop.rounding, precrop.posynomial\n"
-        "import precrop.allocate, precrop.plan\n"
-        "print('torch' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+def imported_after(modules: list[str], watched: tuple[str, ...]) -> list[str]:
+    """Which of `watched` a fresh interpreter holds after importing every one of `modules`."""
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+    code += f"print(*sorted(w for w in {watched!r} if w in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_width_math_pulls_in_no_torch_at_runtime() -> None:
+    """A second check by independent means: also catches imports made through third-party packages."""
+    assert imported_after(modules_under("precrop.width"), ("torch", "torchvision", "torch_pruning")) == []
+
+
+def test_precrop_and_trainers_pull_in_no_ray_mlflow_or_optuna_at_runtime() -> None:
+    modules = modules_under("precrop") + modules_under("trainers")
+    assert imported_after(modules, ("ray", "mlflow", "optuna")) == []

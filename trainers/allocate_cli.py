@@ -13,7 +13,7 @@ from precrop.allocate_cli import run_allocate as run_precrop_allocate
 from precrop.cli import OneLineErrorParser, positive_int
 from precrop.cli import add_allocate_command as add_precrop_allocate
 from precrop.errors import UserError
-from precrop.methods import METHODS, method
+from precrop.methods.registry import METHODS, method
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, Batch, probe_batches
 from trainers.datasets import DataRequest, DataSet, load_dataset
 

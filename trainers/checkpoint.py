@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from precrop.build import build_from_plan
 from precrop.errors import UserError
 from precrop.fileio import write_atomically
-from precrop.plan import PlanError, WidthPlan
+from precrop.nn.build import build_from_plan
+from precrop.width.plan import PlanError, WidthPlan
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.pt"

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from precrop.allocate import dense_plan
-from precrop.build import build_from_plan, layer_table
 from precrop.cli import OneLineErrorParser, positive_int
 from precrop.errors import UserError
-from precrop.plan import WidthPlan
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import dense_plan
+from precrop.width.plan import WidthPlan
 from trainers.checkpoint import load_train_state, read_plan, save_metrics, save_model, save_train_state
 from trainers.datasets import DataError, DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState, evaluate

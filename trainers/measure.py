@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from precrop.counting import count_cost
+from precrop.nn.counting import count_cost
 from trainers.loop import autocast_context
 
 

@@ -8,10 +8,10 @@ from functools import cache
 import pytest
 import torch
 
-from precrop.allocate import dense_plan
-from precrop.build import build_from_plan, layer_table
-from precrop.costmodel import LayerTable
-from precrop.masks import Probe
+from precrop.methods.masks import Probe
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import dense_plan
+from precrop.width.costmodel import LayerTable
 
 
 @cache

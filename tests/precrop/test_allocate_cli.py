@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from precrop.allocate import AllocationRequest, dense_plan
-from precrop.build import build_from_plan
 from precrop.cli import main
-from precrop.masks import Probe, full_weight_cost, kept_counts, prunable_layers
-from precrop.methods import METHODS, realize
-from precrop.plan import WidthPlan
-from precrop.saliency import SynFlowPruner
+from precrop.methods.masks import Probe, full_weight_cost, kept_counts, prunable_layers
+from precrop.methods.registry import METHODS, realize
+from precrop.methods.saliency import SynFlowPruner
+from precrop.nn.build import build_from_plan
+from precrop.width.allocate import AllocationRequest, dense_plan
+from precrop.width.plan import WidthPlan
 from tests.precrop.conftest import cached_table
 
 DATA_FREE = tuple(name for name, m in METHODS.items() if not m.needs_data)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from precrop.allocate import AllocationRequest, dense_plan
-from precrop.build import build_from_plan, layer_table
-from precrop.masks import Probe
-from precrop.methods import realize
-from precrop.plan import WidthPlan
+from precrop.methods.masks import Probe
+from precrop.methods.registry import realize
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import AllocationRequest, dense_plan
+from precrop.width.plan import WidthPlan
 from search import tracking
 from search.cli import main
 from search.config import ConfigError, parse_config

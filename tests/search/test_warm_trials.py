@@ -8,9 +8,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from precrop.build import layer_table
-from precrop.methods import AllocationRequest, realize
-from precrop.plan import WidthPlan
+from precrop.methods.registry import AllocationRequest, realize
+from precrop.nn.build import layer_table
+from precrop.width.plan import WidthPlan
 from search.config import load_config
 from search.latency import IN_SEARCH_KEY, TIMED_TAG, LatencyBook, cached_latency, plan_fingerprint, retime_search
 from search.trial import cached_dataset, cached_layer_table

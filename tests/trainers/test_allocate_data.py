@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from precrop.allocate import AllocationRequest, dense_plan
-from precrop.build import build_from_plan, layer_table
-from precrop.channel_rank import PfsAllocator, PruneNetAllocator
-from precrop.masks import Probe
-from precrop.methods import METHODS, realize
-from precrop.plan import WidthPlan
+from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
+from precrop.methods.masks import Probe
+from precrop.methods.registry import METHODS, realize
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import AllocationRequest, dense_plan
+from precrop.width.plan import WidthPlan
 from search.cli import main
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
 from trainers.datasets import DataRequest, load_dataset

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from precrop.zoo import REGISTRY, build_model
+from precrop.nn.zoo import REGISTRY, build_model
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Trainer, evaluate, train
 from trainers.recipe import RecipeError, TrainConfig, make_optimizer, make_scheduler, parameter_groups

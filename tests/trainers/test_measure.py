@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from precrop.allocate import AllocationRequest, SynExpAllocator
-from precrop.build import build_from_plan, layer_table
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import AllocationRequest, SynExpAllocator
 from trainers.measure import measure_latency, measure_model, measure_train_step
 
 

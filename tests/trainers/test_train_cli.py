@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from precrop.counting import count_cost
+from precrop.nn.counting import count_cost
 from search.cli import main
 from trainers.checkpoint import load_model
 from trainers.datasets import DataRequest, load_dataset

@@ -1,0 +1,1 @@
+"""Allocation methods (SynExp and the baselines) behind one typed registry (see registry.py)."""

@@ -1,0 +1,1 @@
+"""Torch model code: tracing a model into a layer table, resizing it, building it from a plan, counting it."""

@@ -1,0 +1,1 @@
+"""Width math without torch: cost model, density program, channel mapping, rounding, allocators, WidthPlan."""

@@ -1,0 +1,113 @@
+"""The SynExp objective of a width assignment, and of continuous uniform scaling at the same cost.
+
+SynExp scores a pruned network by sum_l log d_l, d_l the fraction of layer l's base weights that the
+pruned layer keeps (DESIGN.md 2.2). For a width plan, d_l = kept weights / base weights of every
+conv/linear layer, so the objective of a *rounded* plan can be computed exactly and compared across
+mappings, roundings and allocators. `continuous_uniform` is the reference every mapping must beat:
+one real keep ratio r for all prunable groups, chosen so that the exact cost equals a given cost.
+
+`ObjectiveTerms` evaluates the objective for many candidate ratio vectors at once (the repair step
+scores every one-step change in one numpy call). Imports numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import sparse
+
+from precrop.width.costmodel import Layer, LayerTable
+from precrop.width.posynomial import posynomial
+
+Matrix = NDArray[np.float64]
+
+
+def scored_layers(table: LayerTable) -> list[Layer]:
+    """The layers the objective sums over: every conv/linear layer with weights."""
+    return [layer for layer in table.layers if layer.kind != "channel_pad" and layer.weight_count(table.base_widths)]
+
+
+def synexp_objective(table: LayerTable, widths: Mapping[str, int]) -> float:
+    """sum_l log(kept weights / base weights) over every conv/linear layer: 0 for the dense model."""
+    base = table.base_widths
+    full = table.full_widths(widths)
+    return float(sum(math.log(x.weight_count(full) / x.weight_count(base)) for x in scored_layers(table)))
+
+
+@dataclass(frozen=True)
+class ObjectiveTerms:
+    """log d_l = log(out @ r + out_const) + log(inp @ r + in_const) for ratios r of `groups`.
+
+    A layer's kept weights are (output width) x (summed input widths): each factor is affine in the
+    ratios of the movable groups, with groups that do not move folded into the constants.
+    """
+
+    groups: tuple[str, ...]
+    out: sparse.csr_matrix  # layers x groups
+    out_const: Matrix
+    inp: sparse.csr_matrix  # layers x groups
+    in_const: Matrix
+
+    def values(self, ratios: Matrix) -> Matrix:
+        """The objective at each row of `ratios` (candidates x groups)."""
+        # the factor matrices have one or a few entries per layer: sparse products keep the repair's
+        # scoring of thousands of candidate rows cheap
+        out = np.asarray(self.out.dot(ratios.T)).T + self.out_const
+        inp = np.asarray(self.inp.dot(ratios.T)).T + self.in_const
+        return np.asarray(np.log(out * inp).sum(axis=1), dtype=np.float64)
+
+    def value(self, ratios: Sequence[float] | Matrix) -> float:
+        """The objective at one ratio vector."""
+        return float(self.values(np.asarray(ratios, dtype=np.float64)[None, :])[0])
+
+
+def objective_terms(table: LayerTable, groups: Sequence[str]) -> ObjectiveTerms:
+    """The objective's affine factors over the ratios of `groups` (the others stay at base)."""
+    index = {g: i for i, g in enumerate(groups)}
+    base = table.base_widths
+    layers = scored_layers(table)
+    out, inp = np.zeros((len(layers), len(groups))), np.zeros((len(layers), len(groups)))
+    out_const, in_const = np.zeros(len(layers)), np.zeros(len(layers))
+    for row, layer in enumerate(layers):
+        if layer.out_group in index:
+            out[row, index[layer.out_group]] = 1.0
+        else:
+            out_const[row] = 1.0
+        if layer.depthwise:
+            in_const[row] = 1.0
+            continue
+        total = sum(base[g] for g in layer.in_groups)
+        for g in layer.in_groups:
+            if g in index:
+                inp[row, index[g]] += base[g] / total
+            else:
+                in_const[row] += base[g] / total
+    return ObjectiveTerms(tuple(groups), sparse.csr_matrix(out), out_const, sparse.csr_matrix(inp), in_const)
+
+
+@dataclass(frozen=True)
+class UniformReference:
+    """Continuous uniform scaling at a given cost: its keep ratio and SynExp objective."""
+
+    ratio: float
+    objective: float
+
+
+def continuous_uniform(table: LayerTable, metric: str, cost: float) -> UniformReference:
+    """The real ratio r (all prunable groups scaled by r) whose exact `metric` cost is `cost`, by bisection."""
+    groups = [g.name for g in table.prunable_groups]
+    posy = posynomial(table, metric, groups)
+    if cost <= posy.constant:
+        raise ValueError(f"a {metric} cost of {cost} is below the part no width can change")
+    low, high = -60.0, 0.0
+    while posy.value(np.full(len(groups), high)) < cost:
+        high += 1.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if posy.value(np.full(len(groups), middle)) <= cost else (low, middle)
+    ratio = math.exp(low)
+    return UniformReference(ratio, objective_terms(table, groups).value(np.full(len(groups), ratio)))
