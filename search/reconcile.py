@@ -219,7 +219,7 @@ def _ending(tune_status: str, last: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def _widths_table(plan: WidthPlan) -> str:
-    from precrop.allocate_cli import render_plan
+    from precrop.methods.plan_report import render_plan
     from precrop.nn.build import layer_table
 
     return render_plan(plan, layer_table(plan.arch, plan.num_classes, plan.input_shape[1]))

@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from precrop.allocate_cli import render_plan
 from precrop.methods.masks import Probe, apply_masks
+from precrop.methods.plan_report import render_plan
 from precrop.methods.registry import method, realize
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import dense_plan
