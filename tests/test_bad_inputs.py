@@ -270,6 +270,7 @@ def test_bad_input_fails_in_one_line(
     assert _running_runs(workdir / "mlflow.db") == 0
 
 
+@pytest.mark.ray
 def test_gpus_asked_of_a_cluster_without_any(tmp_path: Path) -> None:
     """A joined cluster that shows no GPU within ray.gpu_wait_s: one line, exit 2, no MLflow run opened."""
     from tests.cluster.conftest import LocalCluster

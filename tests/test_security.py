@@ -71,6 +71,7 @@ def test_uri_passwords_are_masked() -> None:
     assert redact_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
+@pytest.mark.ray
 def test_a_tracking_password_never_reaches_the_console(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

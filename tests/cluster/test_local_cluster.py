@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from tests.cluster.conftest import LocalCluster, MlflowServer, cluster_search_env
 from tests.search.conftest import TINY_CONFIG, copy_search_script, write_config
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
 
 def _trial_runs(client: MlflowClient, experiment: str) -> list[Any]:

@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 from search.models import load_run_model
 from tests.search.conftest import TINY_CONFIG, copy_search_script, run_precrop, run_search_script, write_config
 
+pytestmark = pytest.mark.ray  # starts a local Ray instance
+
 
 @dataclass
 class Finished:

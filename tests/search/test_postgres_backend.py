@@ -23,7 +23,7 @@ import pytest
 from tests.search.conftest import TINY_CONFIG, write_config
 from tests.search.servers import free_port, mlflow_server, run_search_into
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.ray]
 
 TRIALS = 3
 DATABASE = "mlflow"

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.search.conftest import ROOT, run_precrop
+
+pytestmark = pytest.mark.ray  # starts a local Ray instance
 
 
 def test_quickstart_front_has_three_members_over_a_3x_macs_range(tmp_path: Path) -> None:

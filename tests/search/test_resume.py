@@ -23,6 +23,8 @@ from tests.search.conftest import (
     write_config,
 )
 
+pytestmark = pytest.mark.ray  # starts a local Ray instance
+
 EPOCHS = 4
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import ray.cloudpickle as pickle
 
 from tests.search.conftest import TINY_CONFIG, copy_search_script, kill_search_when, run_search_script, write_config
+
+pytestmark = pytest.mark.ray  # starts a local Ray instance
 
 TRIALS = 3
 

@@ -242,6 +242,7 @@ def _children(folder: Path) -> tuple[MlflowClient, Any, list[Any]]:
     return client, parents[0], [r for r in runs if r.data.tags.get("precrop.role") == "trial"]
 
 
+@pytest.mark.ray
 def test_granularity_study_on_digits_trains_every_cell_and_keeps_masks(tmp_path: Path) -> None:
     write_config(tmp_path, _tiny_study_config(["synexp"]), "tiny.yaml")
     out = run_precrop(tmp_path, "study", "granularity", "tiny.yaml", "--budgets", "0.3", "--seeds", "1",
@@ -277,6 +278,7 @@ def test_granularity_study_on_digits_trains_every_cell_and_keeps_masks(tmp_path:
     assert WidthPlan.from_json(plan.to_json()) == plan
 
 
+@pytest.mark.ray
 def test_baselines_study_runs_every_kind_of_method(tmp_path: Path) -> None:
     methods = ["pfs", "prunenet", "synflow", "snip", "grasp", "erk"]
     write_config(tmp_path, _tiny_study_config(methods), "tiny.yaml")

@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
 from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, write_config
+
+pytestmark = pytest.mark.ray  # starts a local Ray instance
 
 EPOCHS = 3
 # fields of a Tune result that are not the trial's metrics (config/lr etc. are caught by their "/")

@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, write_config
+
+pytestmark = pytest.mark.ray  # starts a local Ray instance
 
 
 def _trial_runs(folder: Path, experiment: str) -> list[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from precrop.methods.registry import AllocationRequest, realize
@@ -70,6 +71,7 @@ def test_latency_book_keeps_the_first_value() -> None:
     assert book.get("plan") == 1.5
 
 
+@pytest.mark.ray
 def test_search_retimes_latency_of_every_finished_run(tmp_path: Path) -> None:
     """Two trials of the same plan at once (uniform at the full budget): one in-search value for both
     (the shared book), then one quiet value logged as each run's latency_ms at the end."""

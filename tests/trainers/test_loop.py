@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import pytest
@@ -36,16 +35,14 @@ def fresh_model(arch: str = "cifar_resnet20", seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def test_cifar_resnet_learns_digits_to_90_percent_within_60_seconds(digits: DataSet) -> None:
-    start = time.perf_counter()
+def test_cifar_resnet_learns_digits_to_90_percent_in_10_epochs(digits: DataSet) -> None:
+    """Accuracy only: training speed is measured by benchmarks/throughput.py, never asserted in a test."""
     config = TrainConfig(epochs=10, batch_size=64, lr=0.1, seed=0)
     model = fresh_model()
     result = train(model, digits, config)
-    elapsed = time.perf_counter() - start
     assert result.status == "completed"
     assert len(result.history) == 10
     assert result.final["val_acc"] >= 0.90
-    assert elapsed <= 60.0
     trainer = Trainer(model, digits, config)
     assert digits.test is not None
     test = evaluate(model, trainer.batches(digits.test, 512))
