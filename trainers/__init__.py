@@ -1,1 +1,1 @@
-"""Datasets, the training loop and measurement. Never imports ray or mlflow (see DESIGN.md section 3)."""
+"""Datasets, the training loop and measurement. Never imports ray or mlflow (see docs/architecture.md)."""
