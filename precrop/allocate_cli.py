@@ -23,7 +23,7 @@ from precrop.width.plan import WidthPlan
 if TYPE_CHECKING:
     import torch
 
-    from precrop.methods.masks import MaskResult
+    from precrop.methods.base import MaskResult
 
     Batches = tuple[tuple[torch.Tensor, torch.Tensor], ...]
     BatchSource = Callable[[int], Batches]
@@ -67,7 +67,7 @@ def allocate(
             f"run the installed `precrop allocate ... --allocator {name} --dataset D`"
         )
     check_feasible(name, table, request)
-    from precrop.methods.masks import Probe
+    from precrop.methods.base import Probe
     from precrop.nn.build import build_from_plan
 
     dense = build_from_plan(dense_plan(table), seed=seed)

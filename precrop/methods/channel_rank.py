@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from precrop.methods.masks import Probe, check_scores
+from precrop.methods.base import Probe
+from precrop.methods.masks import check_scores
 from precrop.width.allocate import (
     AllocationRequest,
     BudgetError,
@@ -46,6 +47,7 @@ from precrop.width.allocate import (
     budgets_and_bounds,
     require_floor_fits,
 )
+from precrop.width.budget import fits, largest_fitting_count
 from precrop.width.costmodel import LayerTable
 from precrop.width.plan import WidthPlan
 from precrop.width.rounding import WidthBounds, round_widths, width_bounds
@@ -123,22 +125,11 @@ def widths_at(ranking: ChannelRanking, kept: int, bounds: Mapping[str, WidthBoun
     return round_widths({g: float(c) for g, c in ranking.counts(kept).items()}, bounds)
 
 
-def _fits(table: LayerTable, widths: Mapping[str, int], budgets: Mapping[str, float]) -> bool:
-    cost = table.cost(widths)
-    return all(getattr(cost, m) <= b for m, b in budgets.items())
-
-
 def _largest_prefix(
     table: LayerTable, ranking: ChannelRanking, bounds: Mapping[str, WidthBounds], budgets: Mapping[str, float]
 ) -> int:
     """Largest k whose prefix widths meet every budget (cost is monotone in k); the floor must fit."""
-    low, high = 0, len(ranking)
-    if _fits(table, widths_at(ranking, high, bounds), budgets):
-        return high
-    while high - low > 1:  # invariant: prefix `low` fits, prefix `high` does not
-        middle = (low + high) // 2
-        low, high = (middle, high) if _fits(table, widths_at(ranking, middle, bounds), budgets) else (low, middle)
-    return low
+    return largest_fitting_count(lambda k: fits(table, widths_at(ranking, k, bounds), budgets), 0, len(ranking))
 
 
 def _fill(
@@ -160,7 +151,7 @@ def _fill(
         width = round_widths({group: float(counts[group] + 1)}, bounds)[group]
         if width != widths[group]:
             trial = {**widths, group: width}
-            if not _fits(table, trial, budgets):
+            if not fits(table, trial, budgets):
                 closed.add(group)  # costs only grow from here, so this group's later channels cannot fit either
                 continue
             widths = trial

@@ -16,8 +16,16 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from precrop.methods.masks import MaskResult, Masks, Probe, check_mask_request, masked_plan, prunable_layers
+from precrop.methods.base import MaskResult, Masks, Probe
+from precrop.methods.masks import (
+    WEIGHT_BUDGET_SLACK,
+    check_mask_request,
+    kept_weight_cost,
+    masked_plan,
+    prunable_layers,
+)
 from precrop.width.allocate import AllocationRequest, BudgetError, SynExpAllocator
+from precrop.width.budget import largest_fitting, over_budget
 from precrop.width.costmodel import Layer, LayerTable
 
 BISECTION_STEPS = 60
@@ -33,24 +41,17 @@ def scaled_densities(
     def counts_at(scale: float) -> dict[str, int]:
         return {x.name: _floor_count(min(1.0, scale * shape(x)), x.weight_count(widths)) for x in layers}
 
-    def fits(scale: float) -> bool:
-        return _fits(table, counts_at(scale), budgets)
+    def scale_fits(scale: float) -> bool:
+        return _weights_fit(table, counts_at(scale), budgets)
 
-    low, high = 0.0, 1.0 / min(shape(x) for x in layers)
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) / 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
+    scale = largest_fitting(scale_fits, 0.0, 1.0 / min(shape(x) for x in layers), BISECTION_STEPS)
     return {name: count / layer.weight_count(widths)
-            for (name, count), layer in zip(counts_at(low).items(), layers, strict=True)}  # fmt: skip
+            for (name, count), layer in zip(counts_at(scale).items(), layers, strict=True)}  # fmt: skip
 
 
-def _fits(table: LayerTable, counts: Mapping[str, int], budgets: Mapping[str, float]) -> bool:
+def _weights_fit(table: LayerTable, counts: Mapping[str, int], budgets: Mapping[str, float]) -> bool:
     """Whether kept weights `counts` cost at most `budgets` (weight-only budgets, as masks.weight_budgets)."""
-    spent = {"params": 0.0, "macs": 0.0}
-    for layer in prunable_layers(table):
-        spent["params"] += counts[layer.name]
-        spent["macs"] += counts[layer.name] * layer.positions
-    return all(spent[m] <= b * (1 + 1e-12) for m, b in budgets.items())
+    return not over_budget(kept_weight_cost(table, counts), budgets, slack=WEIGHT_BUDGET_SLACK)
 
 
 def _floor_count(density: float, size: int) -> int:
@@ -109,7 +110,7 @@ def random_filter_masks(table: LayerTable, densities: Mapping[str, float], seed:
     def counts() -> dict[str, int]:
         return {name: kept[name] * per_filter[name] for name in kept}
 
-    while not _fits(table, counts(), budgets):
+    while not _weights_fit(table, counts(), budgets):
         candidates = [n for n in kept if kept[n] > 1]
         if not candidates:
             raise BudgetError("the budget is below one filter per layer")

@@ -11,38 +11,22 @@ conv and the classifier included, as SynFlow and SNIP do). Biases and norms are 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from precrop.errors import UserError
+from precrop.methods.base import MaskResult, Masks
+from precrop.methods.base import Probe as Probe  # re-exported: search/trial.py and tests outside precrop import it here
 from precrop.width.allocate import AllocationRequest, BudgetError, allocated_plan
+from precrop.width.budget import over_budget
 from precrop.width.costmodel import Cost, Layer, LayerTable
 from precrop.width.plan import WidthPlan
 
-Masks = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What data-driven methods may look at: the seeded dense model and a few labelled batches.
-
-    Methods never modify `model` (they work on copies); `batches` are normalized float CPU tensors.
-    """
-
-    model: nn.Module
-    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class MaskResult:
-    """A mask method's output: the plan (dense widths, densities, sparse cost) and the boolean masks."""
-
-    plan: WidthPlan
-    masks: Masks
+# Weight budgets are float differences of large counts (masks.weight_budgets): a kept weight cost may
+# exceed one by this relative amount, its rounding, and still meet it.
+WEIGHT_BUDGET_SLACK = 1e-12
 
 
 def prunable_layers(table: LayerTable) -> list[Layer]:
@@ -64,7 +48,13 @@ def weight_budgets(table: LayerTable, request: AllocationRequest) -> dict[str, f
     """Per budgeted metric, what the kept weights may cost (the budget minus biases, norms, fixed parts)."""
     base = table.cost()
     weight_cost = full_weight_cost(table)
-    return {m: getattr(request, m) * getattr(base, m) - (getattr(base, m) - weight_cost[m]) for m in request.metrics}
+    return {m: budget - (getattr(base, m) - weight_cost[m]) for m, budget in request.absolute_budgets(base).items()}
+
+
+def kept_weight_cost(table: LayerTable, kept: Mapping[str, int]) -> Cost:
+    """Cost of the `kept[layer]` weights of every prunable layer alone: what `weight_budgets` bound."""
+    layers = prunable_layers(table)
+    return Cost(params=sum(kept[x.name] for x in layers), macs=sum(kept[x.name] * x.positions for x in layers))
 
 
 def masked_cost(table: LayerTable, kept: Mapping[str, int]) -> Cost:
@@ -84,12 +74,11 @@ def check_mask_request(table: LayerTable, request: AllocationRequest) -> dict[st
     request.validate()
     if request.expand != 1.0:
         raise BudgetError("mask methods only prune: expand (PreConfig) must be 1")
-    budgets = weight_budgets(table, request)
     floor = masked_cost(table, {layer.name: 1 for layer in prunable_layers(table)})
-    for metric in budgets:
-        if getattr(floor, metric) > getattr(request, metric) * getattr(table.cost(), metric):
-            raise BudgetError(f"{metric} budget {getattr(request, metric)} leaves no weight in some layer")
-    return budgets
+    exceeded = over_budget(floor, request.absolute_budgets(table.cost()))
+    if exceeded:
+        raise BudgetError(f"{exceeded[0]} budget {getattr(request, exceeded[0])} leaves no weight in some layer")
+    return weight_budgets(table, request)
 
 
 class ScoreCollapse(UserError):
@@ -138,7 +127,7 @@ def select_global(table: LayerTable, scores: Mapping[str, torch.Tensor], budgets
     keep_count = len(order)
     for metric, budget in budgets.items():
         spent = np.cumsum(costs[metric][order])
-        keep_count = min(keep_count, int(np.searchsorted(spent, budget * (1 + 1e-12), side="right")))
+        keep_count = min(keep_count, int(np.searchsorted(spent, budget * (1 + WEIGHT_BUDGET_SLACK), side="right")))
     kept = np.zeros(len(order), dtype=bool)
     kept[order[:keep_count]] = True
     masks: Masks = {}

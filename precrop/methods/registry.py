@@ -1,19 +1,23 @@
-"""Every pruning method of the search space, by name: width allocators and mask methods.
+"""The one registry of pruning methods, by name: width methods and mask methods (base.py's Protocols).
 
-Width allocators return a WidthPlan of narrower channel widths (the model is then built at those widths
-and trained from scratch). Mask methods keep the dense widths and return boolean weight masks computed
-on the very model that will be trained, so they need it (and some need training batches): `realize`
-takes a Probe for those. `precrop.width.allocate.ALLOCATORS` stays the torch-free subset (synexp, uniform).
+Width methods (synexp, uniform, pfs, prunenet) return a WidthPlan of narrower channel widths (the model
+is then built at those widths and trained from scratch). Mask methods keep the dense widths and return
+boolean weight masks computed on the very model that will be trained, so they need it (and some need
+training batches): `realize` takes a Probe for those. Every list of methods (`METHODS` in display order,
+`WIDTH_METHODS`, `MASK_METHODS`, the CLI's `--allocator` choices, the search space's methods) comes from
+this table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
+from precrop.methods.base import MaskMethod, MaskResult, Probe, WidthMethod
 from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
 from precrop.methods.density_masks import ErkPruner, RandomPruner, SynExpFilterPruner, SynExpWeightPruner
-from precrop.methods.masks import MaskResult, Probe, check_mask_request
+from precrop.methods.masks import check_mask_request
 from precrop.methods.saliency import GraspPruner, SnipPruner, SynFlowPruner
 from precrop.width.allocate import (
     AllocationRequest,
@@ -27,31 +31,47 @@ from precrop.width.costmodel import LayerTable
 
 
 @dataclass(frozen=True)
-class Method:
-    """A registered method: its factory, whether it yields masks, and what it needs to look at."""
+class _Registered:
+    """What every registered method declares: its name, what it needs to look at, and a one-line summary."""
 
     name: str
-    factory: Any
-    masks: bool
     needs_model: bool
     needs_data: bool
     summary: str
 
 
+@dataclass(frozen=True)
+class WidthSpec(_Registered):
+    """A registered width method and its factory."""
+
+    factory: Callable[[], WidthMethod]
+    masks: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class MaskSpec(_Registered):
+    """A registered mask method and its factory (`realize` gives every one the probe its masks belong to)."""
+
+    factory: Callable[[], MaskMethod]
+    masks: ClassVar[bool] = True
+
+
+Method = WidthSpec | MaskSpec
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("synexp", SynExpAllocator, False, False, False, "PreCrop/PreConfig: SynExp widths (convex)"),
-        Method("uniform", UniformAllocator, False, False, False, "one width multiplier for every group"),
-        Method("pfs", PfsAllocator, False, True, True, "Pruning from Scratch: BN gates on random weights"),
-        Method("prunenet", PruneNetAllocator, False, True, True, "global Taylor channel importance (reconstruction)"),
-        Method("synflow", SynFlowPruner, True, True, False, "iterative SynFlow, 100 rounds, weight masks"),
-        Method("snip", SnipPruner, True, True, True, "SNIP connection sensitivity, weight masks"),
-        Method("grasp", GraspPruner, True, True, True, "GraSP gradient-signal preservation, weight masks"),
-        Method("random", RandomPruner, True, True, False, "random weight masks, equal density per layer"),
-        Method("erk", ErkPruner, True, True, False, "random weight masks at Erdos-Renyi-Kernel densities"),
-        Method("synexp_weight", SynExpWeightPruner, True, True, False, "SynExp densities as random weight masks"),
-        Method("synexp_filter", SynExpFilterPruner, True, True, False, "SynExp densities as random filter masks"),
+        WidthSpec("synexp", False, False, "PreCrop/PreConfig: SynExp widths (convex)", SynExpAllocator),
+        WidthSpec("uniform", False, False, "one width multiplier for every group", UniformAllocator),
+        WidthSpec("pfs", True, True, "Pruning from Scratch: BN gates on random weights", PfsAllocator),
+        WidthSpec("prunenet", True, True, "global Taylor channel importance (reconstruction)", PruneNetAllocator),
+        MaskSpec("synflow", True, False, "iterative SynFlow, 100 rounds, weight masks", SynFlowPruner),
+        MaskSpec("snip", True, True, "SNIP connection sensitivity, weight masks", SnipPruner),
+        MaskSpec("grasp", True, True, "GraSP gradient-signal preservation, weight masks", GraspPruner),
+        MaskSpec("random", True, False, "random weight masks, equal density per layer", RandomPruner),
+        MaskSpec("erk", True, False, "random weight masks at Erdos-Renyi-Kernel densities", ErkPruner),
+        MaskSpec("synexp_weight", True, False, "SynExp densities as random weight masks", SynExpWeightPruner),
+        MaskSpec("synexp_filter", True, False, "SynExp densities as random filter masks", SynExpFilterPruner),
     )
 }
 WIDTH_METHODS = tuple(name for name, m in METHODS.items() if not m.masks)
@@ -72,16 +92,19 @@ def realize(name: str, table: LayerTable, request: AllocationRequest, probe: Pro
     probe's model, which is the one to train) and is ignored by synexp and uniform.
     """
     spec = method(name)
-    if spec.needs_model and probe is None:
-        raise BudgetError(f"{name} needs a probe: the seeded dense model (and training batches)")
-    if spec.needs_data and probe is not None and not probe.batches:
-        raise BudgetError(f"{name} needs training batches to score the model")
-    if probe is None or not spec.needs_model:
-        return MaskResult(spec.factory().allocate(table, request), {})
-    if spec.masks:
-        result: MaskResult = spec.factory().prune(table, request, probe)
-        return result
-    return MaskResult(spec.factory().allocate(table, request, probe), {})
+    if isinstance(spec, MaskSpec):
+        return spec.factory().prune(table, request, _checked_probe(spec, probe))
+    given = _checked_probe(spec, probe) if spec.needs_model else None
+    return MaskResult(spec.factory().allocate(table, request, given), {})
+
+
+def _checked_probe(spec: Method, probe: Probe | None) -> Probe:
+    """`probe`; BudgetError when there is none, or when `spec` scores training batches and it has none."""
+    if probe is None:
+        raise BudgetError(f"{spec.name} needs a probe: the seeded dense model (and training batches)")
+    if spec.needs_data and not probe.batches:
+        raise BudgetError(f"{spec.name} needs training batches to score the model")
+    return probe
 
 
 def check_feasible(name: str, table: LayerTable, request: AllocationRequest) -> None:
@@ -91,7 +114,7 @@ def check_feasible(name: str, table: LayerTable, request: AllocationRequest) -> 
     prunenet check that the narrowest allowed widths fit.
     """
     spec = method(name)
-    if spec.masks:
+    if isinstance(spec, MaskSpec):
         check_mask_request(table, request)
     elif spec.needs_model:
         request.validate()

@@ -29,10 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from precrop.methods.base import MaskResult, Masks, Probe
 from precrop.methods.masks import (
-    MaskResult,
-    Masks,
-    Probe,
     check_mask_request,
     check_scores,
     full_weight_cost,

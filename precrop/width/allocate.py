@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from precrop.errors import UserError
+from precrop.width.budget import over_budget
 from precrop.width.costmodel import Cost, LayerTable
 from precrop.width.density import CvxDensitySolver, DensityProblem, InfeasibleBudget, closed_form
 from precrop.width.mapping import VARIANTS, ChannelMapper, movable_groups
@@ -75,13 +76,16 @@ class AllocationRequest:
         """The budgeted metrics in a fixed order."""
         return tuple(m for m in ("params", "macs") if getattr(self, m) is not None)
 
+    def absolute_budgets(self, base: Cost) -> dict[str, float]:
+        """Per budgeted metric, the budget in counts: its fraction times the dense model's `base` cost."""
+        return {m: getattr(self, m) * getattr(base, m) for m in self.metrics}
+
 
 def budgets_and_bounds(
     table: LayerTable, request: AllocationRequest
 ) -> tuple[dict[str, float], dict[str, WidthBounds]]:
     """Absolute budgets per metric, and the allowed widths of every prunable group."""
-    base = table.cost()
-    budgets = {m: getattr(request, m) * getattr(base, m) for m in request.metrics}
+    budgets = request.absolute_budgets(table.cost())
     bounds = {
         g.name: width_bounds(g.width, request.divisor, request.min_width, request.expand) for g in table.prunable_groups
     }
@@ -99,24 +103,16 @@ def require_floor_fits(
     base = table.cost()
     moving = bounds if movable is None else {g: bounds[g] for g in movable}
     floor = table.cost({g: b.low for g, b in moving.items()})
-    for metric, budget in budgets.items():
-        if getattr(floor, metric) > budget:
-            need = getattr(floor, metric) / getattr(base, metric)
-            which = "" if movable is None else f" of the {request.variant!r} mapping (it keeps residual widths at base)"
-            raise BudgetError(
-                f"{metric} budget {getattr(request, metric)} is below what the minimum widths{which} allow "
-                f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
-            )
-
-
-class Allocator(Protocol):
-    """Anything that maps (layer table, request) to a WidthPlan."""
-
-    name: str
-
-    def allocate(self, table: LayerTable, request: AllocationRequest) -> WidthPlan:
-        """Widths for `table` meeting `request`'s budgets on the exact cost model."""
-        ...
+    exceeded = over_budget(floor, budgets)
+    if not exceeded:
+        return
+    metric = exceeded[0]
+    need = getattr(floor, metric) / getattr(base, metric)
+    which = "" if movable is None else f" of the {request.variant!r} mapping (it keeps residual widths at base)"
+    raise BudgetError(
+        f"{metric} budget {getattr(request, metric)} is below what the minimum widths{which} allow "
+        f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
+    )
 
 
 class SynExpAllocator:
@@ -128,8 +124,8 @@ class SynExpAllocator:
         self._mappers: dict[tuple[object, ...], ChannelMapper] = {}
         self._density_solvers: dict[tuple[object, ...], CvxDensitySolver] = {}
 
-    def allocate(self, table: LayerTable, request: AllocationRequest) -> WidthPlan:
-        """Solve the density program, map to channels, round and repair; return the plan."""
+    def allocate(self, table: LayerTable, request: AllocationRequest, probe: object = None) -> WidthPlan:
+        """Solve the density program, map to channels, round and repair; return the plan (`probe` is ignored)."""
         request.validate()
         start = time.perf_counter()
         base = table.cost()
@@ -201,8 +197,9 @@ class UniformAllocator:
 
     name = "uniform"
 
-    def allocate(self, table: LayerTable, request: AllocationRequest) -> WidthPlan:
-        """Widths m x base for the continuous multiplier m of the budget, rounded and repaired to it."""
+    def allocate(self, table: LayerTable, request: AllocationRequest, probe: object = None) -> WidthPlan:
+        """Widths m x base for the continuous multiplier m of the budget, rounded and repaired to it (`probe`
+        is ignored)."""
         request.validate()
         start = time.perf_counter()
         budgets, bounds = budgets_and_bounds(table, request)
@@ -216,12 +213,6 @@ class UniformAllocator:
         widths = repair(table, round_widths(targets, bounds), bounds, budgets, costs, value, trade=False)
         return allocated_plan(table, request, self.name, widths, table.cost(widths), "rounded and filled", start,
                               {"multiplier": round(multiplier, 6)})  # fmt: skip
-
-
-ALLOCATORS: dict[str, type[SynExpAllocator] | type[UniformAllocator]] = {
-    SynExpAllocator.name: SynExpAllocator,
-    UniformAllocator.name: UniformAllocator,
-}
 
 
 def allocated_plan(

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import sparse
 
+from precrop.width.budget import largest_fitting
 from precrop.width.costmodel import Layer, LayerTable
 from precrop.width.posynomial import posynomial
 
@@ -103,11 +104,12 @@ def continuous_uniform(table: LayerTable, metric: str, cost: float) -> UniformRe
     posy = posynomial(table, metric, groups)
     if cost <= posy.constant:
         raise ValueError(f"a {metric} cost of {cost} is below the part no width can change")
-    low, high = -60.0, 0.0
-    while posy.value(np.full(len(groups), high)) < cost:
+
+    def cost_at(log_ratio: float) -> float:
+        return posy.value(np.full(len(groups), log_ratio))
+
+    high = 0.0
+    while cost_at(high) < cost:
         high += 1.0
-    for _ in range(200):
-        middle = (low + high) / 2
-        low, high = (middle, high) if posy.value(np.full(len(groups), middle)) <= cost else (low, middle)
-    ratio = math.exp(low)
+    ratio = math.exp(largest_fitting(lambda log_ratio: cost_at(log_ratio) <= cost, -60.0, high, steps=200))
     return UniformReference(ratio, objective_terms(table, groups).value(np.full(len(groups), ratio)))

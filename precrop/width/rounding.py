@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from precrop.width.budget import fits
 from precrop.width.costmodel import LayerTable
 from precrop.width.posynomial import Posynomial
 
@@ -116,13 +117,7 @@ class _Repair:
 
     def over(self) -> bool:
         """Whether some budget is exceeded; the exact integer cost decides whenever floats are close."""
-        now = self.costs_now()
-        if any(now[m] > self.budgets[m] * (1 + 1e-9) for m in self.budgets):
-            return True
-        if all(now[m] < self.budgets[m] * (1 - 1e-9) for m in self.budgets):
-            return False
-        cost = self.table.cost(self.widths())
-        return any(getattr(cost, m) > self.budgets[m] for m in self.budgets)
+        return not fits(self.table, self.widths(), self.budgets, estimate=self.costs_now())
 
     def moves(self, sign: int) -> NDArray[np.int64]:
         """Groups that can take one step in direction `sign` (+1 wider, -1 narrower)."""

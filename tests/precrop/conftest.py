@@ -8,7 +8,7 @@ from functools import cache
 import pytest
 import torch
 
-from precrop.methods.masks import Probe
+from precrop.methods.base import Probe
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import dense_plan
 from precrop.width.costmodel import LayerTable

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from precrop.cli import main
-from precrop.methods.masks import Probe, full_weight_cost, kept_counts, prunable_layers
+from precrop.methods.base import Probe
+from precrop.methods.masks import full_weight_cost, kept_counts, prunable_layers
 from precrop.methods.registry import METHODS, realize
 from precrop.methods.saliency import SynFlowPruner
 from precrop.nn.build import build_from_plan

@@ -12,7 +12,7 @@ from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
 from precrop.methods.registry import METHODS, WIDTH_METHODS, realize
 from precrop.nn.build import build_from_plan
 from precrop.nn.counting import count_cost
-from precrop.width.allocate import ALLOCATORS, AllocationRequest, BudgetError
+from precrop.width.allocate import AllocationRequest, BudgetError, SynExpAllocator
 from precrop.width.plan import WidthPlan
 from precrop.width.posynomial import posynomial
 from precrop.width.rounding import width_bounds
@@ -65,14 +65,14 @@ def test_allocator_contract(allocator_name: str, arch: str, request_: Allocation
     # deterministic: a fresh allocator on the same probe agrees
     assert dict(realize(allocator_name, table, request_, probe).plan.widths) == dict(plan.widths)
     if probe is None:  # a reused allocator too (synexp caches compiled programs)
-        allocator = ALLOCATORS[allocator_name]()
+        allocator = METHODS[allocator_name].factory()
         assert dict(allocator.allocate(table, request_).widths) == dict(allocator.allocate(table, request_).widths)
     # JSON round trip
     assert WidthPlan.from_json(plan.to_json()) == plan
 
 
 def test_resnet50_half_macs_lands_just_under_budget() -> None:
-    plan = ALLOCATORS["synexp"]().allocate(cached_table("resnet50"), AllocationRequest(macs=0.5))
+    plan = SynExpAllocator().allocate(cached_table("resnet50"), AllocationRequest(macs=0.5))
     fraction = plan.counted.macs / plan.base.macs
     assert 0.47 <= fraction <= 0.50
     assert plan.solver_status == "optimal"
@@ -80,7 +80,7 @@ def test_resnet50_half_macs_lands_just_under_budget() -> None:
 
 def test_preconfig_efficientnet_grows_some_groups_within_budgets() -> None:
     table = cached_table("efficientnet_b0")
-    plan = ALLOCATORS["synexp"]().allocate(table, AllocationRequest(macs=1.0, params=0.8, expand=2.0))
+    plan = SynExpAllocator().allocate(table, AllocationRequest(macs=1.0, params=0.8, expand=2.0))
     assert plan.counted.macs <= plan.base.macs
     assert plan.counted.params <= 0.8 * plan.base.params
     assert any(plan.widths[g.name] > g.width for g in table.prunable_groups)
@@ -88,7 +88,7 @@ def test_preconfig_efficientnet_grows_some_groups_within_budgets() -> None:
 
 def test_variants_differ_and_internal_keeps_streams() -> None:
     table = cached_table("cifar_resnet56")
-    allocator = ALLOCATORS["synexp"]()
+    allocator = SynExpAllocator()
     plans = {v: allocator.allocate(table, AllocationRequest(macs=0.5, variant=v)) for v in ("fit", "gp", "internal")}
     assert dict(plans["fit"].widths) != dict(plans["gp"].widths)
     for stream in ("conv1", "layer2.0.conv2", "layer3.0.conv2"):
@@ -97,7 +97,7 @@ def test_variants_differ_and_internal_keeps_streams() -> None:
 
 def test_cvxpy_and_closed_form_density_give_the_same_plan_cost() -> None:
     table = cached_table("mobilenetv2")
-    allocator = ALLOCATORS["synexp"]()
+    allocator = SynExpAllocator()
     a = allocator.allocate(table, AllocationRequest(macs=0.4))
     b = allocator.allocate(table, AllocationRequest(macs=0.4, density_solver="cvxpy"))
     assert abs(a.predicted.macs - b.predicted.macs) <= 1e-4 * a.base.macs
@@ -117,7 +117,7 @@ def test_cvxpy_and_closed_form_density_give_the_same_plan_cost() -> None:
 )
 def test_bad_requests_raise_budget_error(request_: AllocationRequest, needle: str) -> None:
     with pytest.raises(BudgetError, match=needle):
-        ALLOCATORS["synexp"]().allocate(cached_table("cifar_resnet20"), request_)
+        SynExpAllocator().allocate(cached_table("cifar_resnet20"), request_)
 
 
 @pytest.mark.parametrize("arch", ["mobilenetv2", "resnet50", "efficientnet_b0"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from precrop.methods.base import Probe
 from precrop.methods.channel_rank import (
     PfsAllocator,
     PruneNetAllocator,
@@ -24,7 +25,6 @@ from precrop.methods.channel_rank import (
     widths_at,
     widths_from_ranking,
 )
-from precrop.methods.masks import Probe
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import AllocationRequest, BudgetError, dense_plan
 from precrop.width.costmodel import LayerTable

@@ -14,8 +14,8 @@ from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
 from precrop.errors import UserError
+from precrop.methods.base import Probe
 from precrop.methods.masks import (
-    Probe,
     ScoreCollapse,
     check_mask_request,
     kept_counts,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from precrop.width.allocate import ALLOCATORS, AllocationRequest, BudgetError
+from precrop.width.allocate import AllocationRequest, BudgetError, SynExpAllocator, UniformAllocator
 from precrop.width.costmodel import LayerTable
 from precrop.width.objective import continuous_uniform, objective_terms, scored_layers, synexp_objective
 from precrop.width.posynomial import posynomial
@@ -56,20 +56,20 @@ def test_efficientnet_squeeze_groups_keep_their_base_width_at_full_budget() -> N
     table = cached_table("efficientnet_b0")
     odd = [g for g in table.prunable_groups if g.width % 8]
     assert odd  # the SE reduction groups (10, 20, ...)
-    plan = ALLOCATORS["synexp"]().allocate(table, AllocationRequest(macs=1.0, params=1.0))
+    plan = SynExpAllocator().allocate(table, AllocationRequest(macs=1.0, params=1.0))
     assert all(plan.widths[g.name] == g.width for g in odd)
 
 
 def test_expand_keeps_groups_below_the_divisor_at_base() -> None:
     table = cached_table("efficientnet_b0")
     small = [g for g in table.prunable_groups if g.width < 8]
-    plan = ALLOCATORS["synexp"]().allocate(table, AllocationRequest(macs=1.0, params=0.8, expand=2.0))
+    plan = SynExpAllocator().allocate(table, AllocationRequest(macs=1.0, params=0.8, expand=2.0))
     assert all(plan.widths[g.name] == g.width for g in small)
 
 
 @pytest.mark.parametrize("arch", ["efficientnet_b0", "mobilenetv2"])
 def test_preconfig_at_scale_one_spends_the_same_macs(arch: str) -> None:
-    plan = ALLOCATORS["synexp"]().allocate(cached_table(arch), AllocationRequest(macs=1.0, params=0.8, expand=2.0))
+    plan = SynExpAllocator().allocate(cached_table(arch), AllocationRequest(macs=1.0, params=0.8, expand=2.0))
     assert 0.99 <= plan.counted.macs / plan.base.macs <= 1.0
     assert plan.counted.params <= 0.8 * plan.base.params
 
@@ -83,8 +83,8 @@ FILL_CASES = [("cifar_resnet20", "params", 0.5), ("cifar_resnet20", "macs", 0.5)
 def test_uniform_fills_its_budget_and_synexp_beats_it(arch: str, metric: str, budget: float) -> None:
     table = cached_table(arch)
     request = AllocationRequest(**{metric: budget})  # type: ignore[arg-type]
-    uniform = ALLOCATORS["uniform"]().allocate(table, request)
-    synexp = ALLOCATORS["synexp"]().allocate(table, request)
+    uniform = UniformAllocator().allocate(table, request)
+    synexp = SynExpAllocator().allocate(table, request)
     for plan in (uniform, synexp):
         assert 0.98 <= getattr(plan.counted, metric) / (budget * getattr(plan.base, metric)) <= 1.0
     assert synexp_objective(table, synexp.widths) > synexp_objective(table, uniform.widths)
@@ -95,7 +95,7 @@ def test_uniform_fills_its_budget_and_synexp_beats_it(arch: str, metric: str, bu
 
 def test_internal_variant_below_its_floor_is_a_budget_error() -> None:
     with pytest.raises(BudgetError, match="'internal' mapping"):
-        ALLOCATORS["synexp"]().allocate(cached_table("cifar_resnet20"), AllocationRequest(macs=0.3, variant="internal"))
+        SynExpAllocator().allocate(cached_table("cifar_resnet20"), AllocationRequest(macs=0.3, variant="internal"))
 
 
 def _brute_force_best(table: LayerTable, bounds: dict[str, WidthBounds], budget: float) -> float:
