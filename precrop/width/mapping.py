@@ -1,4 +1,4 @@
-"""From layer densities to per-group log keep ratios: the three variants of DESIGN.md section 2.3.
+"""From layer densities to per-group log keep ratios: three variants, as the paper's rule is not public.
 
 A layer's density is r_in * r_out (a depthwise conv's is r_g), so in y = log r it is affine. Each
 variant is a convex program in y with the exact posynomial budgets (see posynomial.py):

@@ -1,7 +1,7 @@
 """The SynExp objective of a width assignment, and of continuous uniform scaling at the same cost.
 
 SynExp scores a pruned network by sum_l log d_l, d_l the fraction of layer l's base weights that the
-pruned layer keeps (DESIGN.md 2.2). For a width plan, d_l = kept weights / base weights of every
+pruned layer keeps (the program of density.py). For a width plan, d_l = kept weights / base weights of every
 conv/linear layer, so the objective of a *rounded* plan can be computed exactly and compared across
 mappings, roundings and allocators. `continuous_uniform` is the reference every mapping must beat:
 one real keep ratio r for all prunable groups, chosen so that the exact cost equals a given cost.
