@@ -1,4 +1,7 @@
-"""Trial checkpoints that storage no longer holds: find the one to continue from instead.
+"""Trial checkpoints: what one holds, and, when storage no longer holds it, the one to continue from instead.
+
+A checkpoint of a trial is the training loop's state, the plan, and `trial.json` (the trial's MLflow run
+id and its measured latency), written at most every `ray.checkpoint_every_s` seconds and at the last epoch.
 
 Why a checkpoint named in Tune's saved state can be gone (Ray 2.60; reproduced by killing the driver
 just after a trial's second checkpoint appeared):
@@ -19,7 +22,7 @@ then fails the trial in `Trainable.restore` ("Could not recover from checkpoint 
 on storage anymore", `ray/tune/trainable/trainable.py`) on every retry, and anything reading that
 checkpoint (`precrop reconcile`) finds no files. No finite `num_to_keep` closes the window, and None
 keeps every checkpoint of every trial. So the search keeps one, and every reader copes with its loss:
-`read_checkpoint` (search/trial.py) falls back to the newest readable checkpoint beside the missing one
+`read_checkpoint` (below) falls back to the newest readable checkpoint beside the missing one
 (N+1 always exists: the driver deletes N only after N+1 was persisted), and before Tune restores a trial
 the driver's callback (search/progress.py) points Tune at that same checkpoint, or at none, so the trial
 starts over in its own MLflow run, instead of failing.
@@ -27,42 +30,55 @@ starts over in its own MLflow run, instead of failing.
 
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ray import tune
+from ray import train
+
+from precrop.width.plan import WidthPlan
+from search import ray_compat
+from search.schema import ResultKey
+from trainers.checkpoint import PLAN_FILE, load_train_state, save_train_state
+from trainers.loop import TrainState
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+    from ray.tune.experiment import Trial
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+META_FILE = "trial.json"
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 # Tune trial states in which the trial is (re)started from its latest checkpoint
 WILL_RESTORE = ("PENDING", "PAUSED")
 
 
-def exists(checkpoint: tune.Checkpoint) -> bool:
+def exists(checkpoint: train.Checkpoint) -> bool:
     """Whether storage still holds the checkpoint's directory."""
     import pyarrow.fs
 
     return bool(_filesystem(checkpoint).get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound)
 
 
-def _filesystem(checkpoint: tune.Checkpoint) -> Any:
+def _filesystem(checkpoint: train.Checkpoint) -> pyarrow.fs.FileSystem:
     """The checkpoint's pyarrow filesystem (Ray sets it from the path when none is given)."""
     import pyarrow.fs
 
     return checkpoint.filesystem or pyarrow.fs.LocalFileSystem()
 
 
-def checkpoint_index(checkpoint: tune.Checkpoint) -> int | None:
+def checkpoint_index(checkpoint: train.Checkpoint) -> int | None:
     """N of a `checkpoint_N` directory (None for another name)."""
     match = CHECKPOINT_NAME.fullmatch(checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
     return int(match.group(1)) if match else None
 
 
-def siblings(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+def siblings(checkpoint: train.Checkpoint) -> list[train.Checkpoint]:
     """The other `checkpoint_N` directories of the same trial directory, newest first."""
     import pyarrow.fs
 
@@ -72,12 +88,12 @@ def siblings(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     found = [(int(m.group(1)), e.path) for e in entries
              if e.type == pyarrow.fs.FileType.Directory and (m := CHECKPOINT_NAME.fullmatch(e.base_name))]  # fmt: skip
     mine = checkpoint.path.rstrip("/")
-    return [tune.Checkpoint(path, filesystem=fs) for _, path in sorted(found, reverse=True) if path != mine]
+    return [train.Checkpoint(path, filesystem=fs) for _, path in sorted(found, reverse=True) if path != mine]
 
 
 def usable(
-    checkpoint: tune.Checkpoint, read: Callable[[tune.Checkpoint], T | None]
-) -> tuple[tune.Checkpoint, T] | None:
+    checkpoint: train.Checkpoint, read: Callable[[train.Checkpoint], T | None]
+) -> tuple[train.Checkpoint, T] | None:
     """`checkpoint` and what `read` makes of it; if storage no longer holds it, or its files cannot be read,
     the newest readable checkpoint of the same trial instead (one cut short by a kill while it was being
     written is skipped the same way); None when there is none."""
@@ -93,51 +109,79 @@ def usable(
     return None
 
 
-def repair_trial(trial: Any) -> str | None:
+def repair_trial(trial: Trial) -> str | None:
     """If storage no longer holds the checkpoint Tune would restore `trial` from, point Tune at the one
     `read_checkpoint` falls back to (or at none: the trial starts over, in its own MLflow run).
 
     Returns what was done, or None when nothing was needed. Works on Tune's checkpoint bookkeeping of the
-    trial (`run_metadata.checkpoint_manager`, Ray 2.60) in the driver, before the trial starts.
+    trial (through search/ray_compat.py) in the driver, before the trial starts.
     """
-    from search.trial import read_checkpoint_dir
-
-    manager = trial.run_metadata.checkpoint_manager
-    latest = manager.latest_checkpoint_result
+    latest = ray_compat.latest_checkpoint_result(trial)
     if latest is None or latest.checkpoint is None or exists(latest.checkpoint):
         return None
     gone = latest.checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
     found = usable(latest.checkpoint, read_checkpoint_dir)
     if found is None:
-        manager._checkpoint_results = []
-        manager._latest_checkpoint_result = None
-        _changed(trial)
+        ray_compat.set_checkpoint_results(trial, [], None)
         return f"{trial.trial_id}: its checkpoint {gone} is gone from storage and no other is readable; it starts over"
     checkpoint, resume = found
-    replacement = copy.copy(latest)
-    replacement.checkpoint = checkpoint
-    replacement.metrics = {**latest.metrics, **resumed_metrics(resume.state),
-                           "checkpoint_dir_name": checkpoint.path.rstrip("/").rsplit("/", 1)[-1]}  # fmt: skip
-    manager._checkpoint_results = [r for r in manager._checkpoint_results if r is not latest and exists(r.checkpoint)]
-    manager._checkpoint_results.append(replacement)
-    manager._latest_checkpoint_result = replacement
+    name = checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+    metrics = {**latest.metrics, **resumed_metrics(resume.state), ResultKey.CHECKPOINT_DIR_NAME: name}
+    replacement = ray_compat.checkpoint_result(latest, checkpoint, metrics)
+    kept = [r for r in ray_compat.checkpoint_results(trial)
+            if r is not latest and r.checkpoint is not None and exists(r.checkpoint)]  # fmt: skip
+    ray_compat.set_checkpoint_results(trial, [*kept, replacement], replacement)
     index = checkpoint_index(checkpoint)
     if index is not None:  # the trial's next checkpoint goes after this one, never over it
-        trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index, index)
-    _changed(trial)
-    name = replacement.metrics["checkpoint_dir_name"]
+        ray_compat.raise_checkpoint_index(trial, index)
     return f"{trial.trial_id}: its checkpoint {gone} is gone from storage; it continues from {name}"
 
 
-def _changed(trial: Any) -> None:
-    """Tune caches a trial's saved form: the next experiment state must hold the repaired bookkeeping."""
-    trial.invalidate_json_state()
-    trial.run_metadata.invalidate_cache()
-
-
-def resumed_metrics(state: dict[str, Any]) -> dict[str, Any]:
+def resumed_metrics(state: TrainState) -> dict[str, Any]:
     """The Tune result a checkpoint of the training loop stands for: its last epoch's metrics, and one
     Tune iteration per epoch (a trial reports once per epoch)."""
     history = state.get("history") or [{}]
     epoch = int(state.get("epoch", 0))
-    return {**history[-1], "epoch": epoch, "training_iteration": epoch}
+    return {**history[-1], ResultKey.EPOCH: epoch, ResultKey.TRAINING_ITERATION: epoch}
+
+
+@dataclass
+class Resume:
+    """What a checkpoint of a trial holds."""
+
+    state: TrainState
+    run_id: str | None
+    latency_ms: float
+    plan: WidthPlan | None = None  # absent from checkpoints written before plans were saved in them
+
+
+def write_checkpoint_dir(
+    folder: Path, state: TrainState, plan: WidthPlan, run_id: str | None, latency_ms: float
+) -> None:
+    """Write a trial checkpoint into `folder`: the loop state, the plan, the run id and the latency."""
+    save_train_state(folder, state)
+    (folder / PLAN_FILE).write_text(plan.to_json())
+    (folder / META_FILE).write_text(json.dumps({"run_id": run_id, "latency_ms": latency_ms}))
+
+
+def read_checkpoint(checkpoint: train.Checkpoint | None) -> Resume | None:
+    """What a trial's checkpoint holds (None for none): loop state, run id, latency and plan.
+
+    A checkpoint that storage no longer holds (Tune's saved state can name one it already deleted: see the
+    module docstring) gives way to the newest readable checkpoint of the same trial; None if none is.
+    """
+    found = usable(checkpoint, read_checkpoint_dir) if checkpoint is not None else None
+    return found[1] if found else None
+
+
+def read_checkpoint_dir(checkpoint: train.Checkpoint) -> Resume | None:
+    """What this checkpoint directory holds (None without a loop state); raises when its files are unreadable."""
+    with checkpoint.as_directory() as folder:
+        root = Path(folder)
+        state = load_train_state(root)
+        meta = json.loads((root / META_FILE).read_text())
+        plan = WidthPlan.from_json((root / PLAN_FILE).read_text()) if (root / PLAN_FILE).is_file() else None
+    if state is None:
+        return None
+    run_id = meta.get("run_id")
+    return Resume(state, str(run_id) if run_id else None, float(meta["latency_ms"]), plan)

@@ -1,6 +1,7 @@
 """The `precrop` console script: every command of every layer, assembled at the top layer.
 
-Commands are imported lazily by handler so `precrop info` never pays for the training or search stack.
+Every command handler lives here (the `_run_*` functions): each takes the parsed arguments and imports
+what its command needs, so `precrop info` never pays for the training or search stack.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from precrop.cli import (
     OneLineErrorParser,
@@ -16,8 +18,13 @@ from precrop.cli import (
     run_precrop_command,
     run_reporting_user_errors,
 )
+from precrop.errors import UserError
+from search.schema import COST_METRICS
 from trainers.allocate_cli import add_allocate_command
 from trainers.cli import add_train_command
+
+if TYPE_CHECKING:
+    from search.config import ExperimentConfig
 
 
 def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
@@ -58,7 +65,7 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     pareto = commands.add_parser("pareto", help="recompute a search's Pareto front from MLflow")
     pareto.add_argument("--experiment", required=True, help="MLflow experiment name")
     pareto.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    pareto.add_argument("--cost", default="macs", choices=("macs", "params", "latency_ms"))
+    pareto.add_argument("--cost", default=COST_METRICS[0], choices=COST_METRICS)
     pareto.add_argument("--search", help="only this search (its name, e.g. quickstart-20261121-101500)")
     pareto.add_argument("--json", action="store_true", help="print the front as JSON")
 
@@ -92,48 +99,117 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "allocate":
-        from trainers.allocate_cli import run_allocate
+    handlers = {"allocate": _run_allocate, "train": _run_train, "search": _run_search, "study": _run_study,
+                "reconcile": _run_reconcile, "pareto": _run_pareto, "export": _run_export}  # fmt: skip
+    handler = handlers.get(args.command)
+    return handler(args) if handler is not None else run_precrop_command(args)
 
-        return run_allocate(args)
-    if args.command == "train":
-        from trainers.cli import run_train
 
-        return run_train(args)
-    if args.command == "search":
-        from search.config import load_config
-        from search.driver import run_search
+# ----- command handlers: each takes the parsed arguments, imports what its command needs, runs it -----
 
-        overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
-        return run_search(load_config(args.config, overrides), resume=args.resume)
-    if args.command == "study":
-        from search.config import load_config
-        from search.driver import run_search
-        from search.study import make_study
 
-        overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
-        config = load_config(args.config, overrides)
-        if args.report:
-            from search.study_report import run_study_report
+def _run_allocate(args: argparse.Namespace) -> int:
+    """`precrop allocate`."""
+    from trainers.allocate_cli import run_allocate
 
-            return run_study_report(config, args.kind, args.out)
-        study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)
-        return run_search(config, study=study)
-    if args.command == "reconcile":
-        from search.reconcile import one_line_errors
-        from search.summary import run_reconcile
+    return run_allocate(args)
 
-        with one_line_errors(args.search_dir):
-            return run_reconcile(args)
-    if args.command == "pareto":
-        from search.summary import run_pareto
 
-        return run_pareto(args)
-    if args.command == "export":
-        from search.export import run_export
+def _run_train(args: argparse.Namespace) -> int:
+    """`precrop train`."""
+    from trainers.cli import run_train
 
-        return run_export(args)
-    return run_precrop_command(args)
+    return run_train(args)
+
+
+def _load_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config file of `search` or `study`, with its --set overrides and --address."""
+    from search.config import load_config
+
+    overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+    return load_config(args.config, overrides)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    """`precrop search CONFIG`: run (or --resume) a search."""
+    from search.driver import run_search
+
+    return run_search(_load_config(args), resume=args.resume)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    """`precrop study KIND CONFIG`: train a study's grid, or (--report) remake its tables from MLflow."""
+    from search.driver import run_search
+    from search.study import make_study
+    from search.study_report import run_study_report
+
+    config = _load_config(args)
+    if args.report:
+        return run_study_report(config, args.kind, args.out)
+    study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)
+    return run_search(config, study=study)
+
+
+def _run_reconcile(args: argparse.Namespace) -> int:
+    """`precrop reconcile SEARCH_DIR`: re-log a search from Tune's records, then its summary."""
+    import dataclasses
+    import os
+
+    from search import tracking
+    from search.reconcile import one_line_errors, with_parent_run
+    from search.records import read_record
+    from search.summary import finish_search
+
+    with one_line_errors(args.search_dir):
+        record = read_record(args.search_dir)
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or record.tracking_uri
+        if ":***@" in uri:
+            raise UserError("the search's tracking URI was saved without its password: pass --tracking-uri")
+        tracking.bound_http_retries()
+        client = tracking.client_for(uri)
+        record = dataclasses.replace(with_parent_run(client, record), tracking_uri=uri)
+        finish_search(client, record, record.experiment_config(), record.study_grid(), by_hand=True)
+        return 0
+
+
+def _run_pareto(args: argparse.Namespace) -> int:
+    """`precrop pareto`: recompute the front of an experiment (or one search) from MLflow alone."""
+    import dataclasses
+    import json
+
+    from precrop.textui import format_table
+    from search import tracking
+    from search.config import default_tracking_uri
+    from search.pareto import front_rows, pareto_front, search_trials
+
+    client = tracking.client_for(tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri()))
+    records = search_trials(client, args.experiment, args.search)
+    front = pareto_front(records, args.cost)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in front]))
+        return 0
+    completed = sum(r.completed for r in records)
+    print(f"{len(records)} trial runs, {completed} trained to the end; front (val accuracy vs {args.cost}):")
+    print(format_table(*front_rows(front)) if front else "(empty)")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """`precrop export RUN_ID`: a run's model to ONNX or TorchScript, optionally registered."""
+    from search import tracking
+    from search.config import default_tracking_uri
+    from search.export import export_run
+    from search.models import register
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
+    client = tracking.client_for(uri)
+    done = export_run(client, args.run_id, args.format, args.output)
+    print(f"wrote {done.path} ({done.size_bytes / 1e6:.2f} MB); max |export - pytorch| = {done.check.max_abs_diff:.2e} "
+          f"on random batches of {', '.join(map(str, done.check.batch_sizes))}")  # fmt: skip
+    if args.register:
+        version = register(client, args.run_id, done.path, args.format, args.register, args.alias)
+        print(f"registered {args.register} version {version} (alias @{args.alias}) in {uri}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

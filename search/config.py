@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 
 from precrop.errors import UserError
+from search.schema import COST_METRICS, Metric
 
-COST_OBJECTIVES = ("macs", "params", "latency_ms")
+COST_OBJECTIVES = COST_METRICS
 SAMPLERS = ("tpe", "nsga2")
 # early-stopping rules: Pareto-ranked rungs on (val_acc, cost) (search/scheduler.py), or Ray's ASHA on val_acc
 ASHA_MODES = ("pareto", "accuracy")
@@ -82,7 +83,7 @@ class SpaceConfig:
 class ObjectivesConfig:
     """Maximize validation accuracy; minimize `cost` (macs, params, or measured CPU latency_ms)."""
 
-    cost: str = "macs"
+    cost: str = Metric.MACS.value
     latency_batch: int = 1
 
 

@@ -1,14 +1,14 @@
-"""`precrop export`: a run's model -> ONNX or TorchScript, checked against PyTorch, optionally registered."""
+"""`precrop export`: a run's model -> ONNX or TorchScript, checked against PyTorch (search/models.py registers it)."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,7 +17,10 @@ from torch import nn
 from precrop.errors import UserError
 from precrop.fileio import write_atomically
 from precrop.width.plan import WidthPlan
-from search.config import default_tracking_uri
+from search.models import load_run_model
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4
@@ -73,7 +76,7 @@ def check_export(model: nn.Module, plan: WidthPlan, fmt: str, blob: bytes, seed:
     return ExportCheck(worst, sizes)
 
 
-def _onnx_runner(blob: bytes) -> Any:
+def _onnx_runner(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
@@ -81,7 +84,7 @@ def _onnx_runner(blob: bytes) -> Any:
     return lambda x: session.run(None, {name: x})[0]
 
 
-def _torchscript_runner(blob: bytes) -> Any:
+def _torchscript_runner(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
     module = torch.jit.load(io.BytesIO(blob), map_location="cpu").eval()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -91,40 +94,24 @@ def _torchscript_runner(blob: bytes) -> Any:
     return run
 
 
-def run_export(args: argparse.Namespace) -> int:
-    """The `precrop export` command."""
-    from search import tracking
-    from search.models import load_run_model
+@dataclass(frozen=True)
+class ExportedFile:
+    """A run's model written to a file, and how closely it matches PyTorch."""
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
-    client = tracking.client_for(uri)
-    plan, model = load_run_model(client, args.run_id)
-    output = Path(args.output or f"{args.run_id[:12]}-{plan.arch}{FORMATS[args.format]}")
-    if output.parent and not output.parent.is_dir():
-        raise UserError(f"output directory {output.parent} does not exist")
-    blob = export_model(model, plan, args.format)
-    check = check_export(model, plan, args.format, blob)
+    path: Path
+    size_bytes: int
+    check: ExportCheck
+
+
+def export_run(client: MlflowClient, run_id: str, fmt: str, output: str | None) -> ExportedFile:
+    """Export run `run_id`'s final model to `output` (default RUNID-ARCH.onnx|.pt), checked against PyTorch."""
+    plan, model = load_run_model(client, run_id)
+    path = Path(output or f"{run_id[:12]}-{plan.arch}{FORMATS[fmt]}")
+    if path.parent and not path.parent.is_dir():
+        raise UserError(f"output directory {path.parent} does not exist")
+    blob = export_model(model, plan, fmt)
+    check = check_export(model, plan, fmt, blob)
     if not check.ok:
-        raise UserError(f"the {args.format} export differs from PyTorch by {check.max_abs_diff:.2e} (> {TOLERANCE})")
-    write_atomically(output, blob)
-    print(f"wrote {output} ({len(blob) / 1e6:.2f} MB); max |export - pytorch| = {check.max_abs_diff:.2e} "
-          f"on random batches of {', '.join(map(str, check.batch_sizes))}")  # fmt: skip
-    if args.register:
-        version = register(client, args.run_id, output, args.format, args.register, args.alias)
-        print(f"registered {args.register} version {version} (alias @{args.alias}) in {uri}")
-    return 0
-
-
-def register(client: Any, run_id: str, exported: Path, fmt: str, name: str, alias: str) -> str:
-    """Log the exported file to the run under `export/FORMAT` and register it as a new model version."""
-    artifact_path = f"export/{fmt}"
-    client.log_artifact(run_id, str(exported), artifact_path=artifact_path)
-    run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri}/{artifact_path}"
-    try:
-        client.get_registered_model(name)
-    except Exception:
-        client.create_registered_model(name, description="exported by precrop-search")
-    version = client.create_model_version(name, source=source, run_id=run_id, tags={"format": fmt})
-    client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+        raise UserError(f"the {fmt} export differs from PyTorch by {check.max_abs_diff:.2e} (> {TOLERANCE})")
+    write_atomically(path, blob)
+    return ExportedFile(path, len(blob), check)

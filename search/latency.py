@@ -23,12 +23,19 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from precrop.width.plan import WidthPlan
+from search.schema import Metric, Tag
 
-IN_SEARCH_KEY = "latency_ms_in_search"
-TIMED_TAG = "precrop.latency_timed"
+if TYPE_CHECKING:
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from ray.actor import ActorHandle
+
+    from search.config import ExperimentConfig
+
 # re-timing: interleaved rounds over the plans, each round a median; a load burst spoils a round, not a plan
 ROUNDS = 5
 WARMUP = 2
@@ -67,15 +74,15 @@ class LatencyBook:
         return self.values.setdefault(key, value)
 
 
-def open_book(search_id: str) -> Any:
-    """Start the search's LatencyBook (no CPU reserved); keep the handle while the trials run."""
+def open_book(search_id: str) -> object:
+    """Start the search's LatencyBook (no CPU reserved); keep the returned handle while the trials run."""
     import ray
 
     actor = ray.remote(num_cpus=0)(LatencyBook)
     return actor.options(name=book_name(search_id), get_if_exists=True).remote()
 
 
-def _find_book(search_id: str) -> Any:
+def _find_book(search_id: str) -> ActorHandle[LatencyBook] | None:
     import ray
 
     if not ray.is_initialized():
@@ -94,16 +101,17 @@ def cached_latency(search_id: str, fingerprint: str, measure: Callable[[], float
     if key in _LOCAL:
         return _LOCAL[key]
     book = _find_book(search_id)
-    known = ray.get(book.get.remote(fingerprint)) if book is not None else None
+    # Ray types what an actor method returns only loosely: the book holds floats
+    known = cast("float | None", ray.get(book.get.remote(fingerprint))) if book is not None else None
     if known is None:
         known = measure()
         if book is not None:
-            known = ray.get(book.put.remote(fingerprint, known))
+            known = cast(float, ray.get(book.put.remote(fingerprint, known)))
     _LOCAL[key] = float(known)
     return _LOCAL[key]
 
 
-def time_models(models: Sequence[Any], input_shapes: Sequence[tuple[int, int, int]], batch: int,
+def time_models(models: Sequence[torch.nn.Module], input_shapes: Sequence[tuple[int, int, int]], batch: int,
                 rounds: int = ROUNDS) -> list[float]:  # fmt: skip
     """CPU latency (ms) of each model with the current torch threads: the median of `REPEATS` calls (as
     trainers.measure.measure_latency times it: eval mode, no grad, channels-last, fp32, after warm-up),
@@ -116,7 +124,7 @@ def time_models(models: Sequence[Any], input_shapes: Sequence[tuple[int, int, in
     nets = [timing_copy(model, cpu).eval() for model in models]
     inputs = [torch.randn(batch, *shape) for shape in input_shapes]
 
-    def median_ms(net: Any, x: Any) -> float:
+    def median_ms(net: torch.nn.Module, x: torch.Tensor) -> float:
         return time_inference(net, x, WARMUP, REPEATS, ROUND_SECONDS).median_ms
 
     if nets:  # a process's first timing runs slow (thread pool, allocator, kernel selection): discarded
@@ -142,20 +150,20 @@ class Retimed:
                 f"on the idle machine ({self.seconds:.1f} s)")  # fmt: skip
 
 
-def retime_search(client: Any, config: Any, experiment_id: str, parent_run_id: str) -> Retimed:
+def retime_search(client: MlflowClient, config: ExperimentConfig, experiment_id: str, parent_run_id: str) -> Retimed:
     """Time every distinct plan of the search's completed runs again, now that nothing else runs, with
     the trials' thread count and latency batch; log `latency_ms` (and the in-search value as
     `latency_ms_in_search`) on each. Runs re-timed earlier are left alone: reconciling again changes
     nothing."""
     from search import tracking
     from search.models import load_run_plan
-    from search.pareto import record_from_run
+    from search.pareto import TrialRun
 
     started = time.perf_counter()
     batch, threads = config.objectives.latency_batch, max(1, int(config.resources.cpu))
     runs = [r for r in tracking.trial_runs(client, experiment_id, parent_run_id)
-            if record_from_run(r).completed and IN_SEARCH_KEY not in r.data.metrics]  # fmt: skip
-    by_print: dict[str, tuple[WidthPlan, list[Any]]] = {}
+            if TrialRun.of(r).completed and Metric.LATENCY_MS_IN_SEARCH not in r.data.metrics]  # fmt: skip
+    by_print: dict[str, tuple[WidthPlan, list[Run]]] = {}
     for run in runs:
         plan = load_run_plan(client, run.info.run_id)
         if plan is not None:
@@ -166,11 +174,11 @@ def retime_search(client: Any, config: Any, experiment_id: str, parent_run_id: s
     where = f"end of search on {socket.gethostname()}, {threads} CPU thread(s), batch {batch}"
     for (_, group), value in zip(by_print.values(), values, strict=True):
         for run in group:
-            metrics = {"latency_ms": value}
-            if "latency_ms" in run.data.metrics:
-                metrics[IN_SEARCH_KEY] = run.data.metrics["latency_ms"]
+            metrics: dict[str, float] = {Metric.LATENCY_MS: value}
+            if Metric.LATENCY_MS in run.data.metrics:
+                metrics[Metric.LATENCY_MS_IN_SEARCH] = run.data.metrics[Metric.LATENCY_MS]
             tracking.log_metrics(client, run.info.run_id, metrics, step=0)
-            tracking.set_tags(client, run.info.run_id, {TIMED_TAG: where})
+            tracking.set_tags(client, run.info.run_id, {Tag.LATENCY_TIMED: where})
     return Retimed(len(by_print), sum(len(group) for _, group in by_print.values()), time.perf_counter() - started)
 
 

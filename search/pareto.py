@@ -6,16 +6,66 @@ trial's early accuracy is not comparable, and a failed trial has no final model.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, astuple, dataclass
+from typing import TYPE_CHECKING, Any
 
-from search.tracking import OUTCOME_TAG
+from precrop.errors import UserError
+from precrop.methods.registry import METHODS
+from search import tracking
+from search.outputs import csv_text, new_figure, png_bytes
+from search.schema import Metric, Outcome, Param, RunStatus, Tag
 
-COST_LABELS = {"macs": "MACs", "params": "parameters", "latency_ms": "CPU latency (ms)"}
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+COST_LABELS: dict[str, str] = {Metric.MACS: "MACs", Metric.PARAMS: "parameters", Metric.LATENCY_MS: "CPU latency (ms)"}
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A trial's MLflow child run, read by name once: the front's records and a study's cells are built
+    from it, each taking the fields it needs."""
+
+    run_id: str
+    name: str
+    status: str
+    outcome: str
+    params: Mapping[str, str]
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+
+    @classmethod
+    def of(cls, run: Run) -> TrialRun:
+        """Read an mlflow Run (a run without an outcome tag shows `running` or `unknown`)."""
+        info, data = run.info, run.data
+        unended = Outcome.RUNNING if info.status == RunStatus.RUNNING else Outcome.UNKNOWN
+        return cls(run_id=info.run_id, name=info.run_name or info.run_id[:8], status=info.status,
+                   outcome=data.tags.get(Tag.OUTCOME, str(unended)), params=data.params, metrics=data.metrics,
+                   tags=data.tags)  # fmt: skip
+
+    @property
+    def completed(self) -> bool:
+        """Trained every epoch and its run ended FINISHED (with its final accuracy logged)."""
+        return self.status == RunStatus.FINISHED and self.outcome == Outcome.COMPLETED and self.val_acc is not None
+
+    @property
+    def allocator(self) -> str:
+        """The method that allocated the trial's widths ("?" when the run has not logged it)."""
+        return self.params.get(Param.ALLOCATOR, self.tags.get(Tag.ALLOCATOR, "?"))
+
+    @property
+    def budget(self) -> float | None:
+        """The trial's budget (a fraction of the dense model's budget metric)."""
+        budget = self.params.get(Param.BUDGET)
+        return float(budget) if budget is not None else None
+
+    @property
+    def val_acc(self) -> float | None:
+        """The final validation accuracy of a completed trial, else the last epoch's."""
+        return self.metrics.get(Metric.FINAL_VAL_ACC if self.outcome == Outcome.COMPLETED else Metric.VAL_ACC)
 
 
 @dataclass(frozen=True)
@@ -37,7 +87,7 @@ class TrialRecord:
     @property
     def completed(self) -> bool:
         """Trained every epoch and its run ended FINISHED."""
-        return self.status == "FINISHED" and self.outcome == "completed" and self.val_acc is not None
+        return self.status == RunStatus.FINISHED and self.outcome == Outcome.COMPLETED and self.val_acc is not None
 
     def cost(self, objective: str) -> float | None:
         """The value of the cost objective (macs, params or latency_ms)."""
@@ -45,25 +95,27 @@ class TrialRecord:
         return None if value is None else float(value)
 
 
-def record_from_run(run: Any) -> TrialRecord:
+def record_from_run(run: Run) -> TrialRecord:
     """A TrialRecord from an mlflow Run."""
-    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
-    budget = params.get("budget")
-    outcome = tags.get(OUTCOME_TAG, "running" if run.info.status == "RUNNING" else "unknown")
-    val = metrics.get("final_val_acc") if outcome == "completed" else metrics.get("val_acc")
+    trial = TrialRun.of(run)
+    metrics = trial.metrics
     return TrialRecord(
-        run_id=run.info.run_id,
-        name=run.info.run_name or run.info.run_id[:8],
-        allocator=params.get("allocator", tags.get("precrop.allocator", "?")),
-        budget=float(budget) if budget is not None else None,
-        status=run.info.status,
-        outcome=outcome,
-        val_acc=val,
-        test_acc=metrics.get("test_acc"),
-        macs=metrics.get("macs"),
-        params=metrics.get("params"),
-        latency_ms=metrics.get("latency_ms"),
-    )
+        run_id=trial.run_id, name=trial.name, allocator=trial.allocator, budget=trial.budget, status=trial.status,
+        outcome=trial.outcome, val_acc=trial.val_acc, test_acc=metrics.get(Metric.TEST_ACC),
+        macs=metrics.get(Metric.MACS), params=metrics.get(Metric.PARAMS), latency_ms=metrics.get(Metric.LATENCY_MS),
+    )  # fmt: skip
+
+
+def search_trials(client: MlflowClient, experiment_name: str, search: str | None) -> list[TrialRecord]:
+    """Every trial of MLflow experiment `experiment_name` (of the search named `search`, when given)."""
+    experiment = tracking.experiment_id(client, experiment_name, create=False)
+    parent = None
+    if search:
+        found = tracking.latest_parent_run(client, experiment, {Tag.SEARCH: search})
+        if found is None:
+            raise UserError(f"no search named {search!r} in experiment {experiment_name!r}")
+        parent = found.info.run_id
+    return [record_from_run(r) for r in tracking.trial_runs(client, experiment, parent)]
 
 
 def pareto_front(records: Iterable[TrialRecord], cost: str) -> list[TrialRecord]:
@@ -103,23 +155,13 @@ def front_rows(front: Sequence[TrialRecord]) -> tuple[list[str], list[list[Any]]
 
 def to_csv(records: Sequence[TrialRecord], front_ids: set[str]) -> str:
     """Every trial as CSV with a `pareto` column."""
-    buffer = io.StringIO()
     names = [*asdict(records[0]).keys(), "pareto"] if records else ["run_id", "pareto"]
-    writer = csv.DictWriter(buffer, fieldnames=names)
-    writer.writeheader()
-    for record in records:
-        writer.writerow({**asdict(record), "pareto": record.run_id in front_ids})
-    return buffer.getvalue()
+    return csv_text(names, [[*astuple(r), r.run_id in front_ids] for r in records])
 
 
 def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], cost: str, title: str) -> bytes:
     """PNG: every trial (marker per allocator, stopped/failed trials hollow grey), the front as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = new_figure((7, 4.5))
     for allocator in sorted({r.allocator for r in records}, key=_method_order):
         mine = [r for r in records if r.allocator == allocator and r.cost(cost) is not None and r.val_acc is not None]
         done = [r for r in mine if r.completed]
@@ -138,22 +180,18 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], cos
                      edgecolors="black", linewidths=1.5)  # fmt: skip
     axes.set_xlabel(COST_LABELS.get(cost, cost))
     axes.set_ylabel("validation accuracy")
-    if cost in ("macs", "params"):
+    if cost in (Metric.MACS, Metric.PARAMS):
         axes.set_xscale("log")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     if records:
         axes.legend(fontsize=8, loc="best")  # "best" keeps the legend off the points
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
-# one colour and marker per method, fixed across plots: width methods filled shapes, mask methods others
-METHOD_ORDER = ("synexp", "uniform", "pfs", "prunenet", "synflow", "snip", "grasp", "random", "erk",
-                "synexp_weight", "synexp_filter", "dense")  # fmt: skip
+# one colour and marker per method, fixed across plots: the registry's order (width methods, then mask
+# methods), then the dense model's plan (precrop.width.allocate.dense_plan names its allocator "dense")
+METHOD_ORDER = (*METHODS, "dense")
 MARKERS = ("o", "s", "D", "p", "^", "v", "<", ">", "X", "P", "*", "d")
 
 

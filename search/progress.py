@@ -8,13 +8,17 @@ It also keeps Tune from restarting a trial from a checkpoint storage no longer h
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from search import tracking
 from search.checkpoints import WILL_RESTORE, repair_trial
-from search.searcher import COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
+from search.schema import ACTIVE_STATUSES, Outcome, ResultKey
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from ray.tune.experiment import Trial
 
 
 class ProgressAndRunCloser(Callback):
@@ -28,7 +32,7 @@ class ProgressAndRunCloser(Callback):
         self.cost = cost
         self.finished = 0
         self.started_at = time.perf_counter()
-        self._client: Any = None
+        self._client: MlflowClient | None = None
         self.offline = False  # MLflow stopped answering: leave the runs to the reconciliation at the end
         self.lost_trials: set[str] = set()
         self.checked_checkpoints: set[tuple[str, str]] = set()  # (trial id, path) whose existence was checked
@@ -40,15 +44,13 @@ class ProgressAndRunCloser(Callback):
         return state
 
     @property
-    def client(self) -> Any:
+    def client(self) -> MlflowClient:
         """The MLflow client, created on first use."""
         if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = tracking.lazy_client(self.tracking_uri)
         return self._client
 
-    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         """Before Tune (re)starts a trial from its latest checkpoint (resume, retry), make sure storage still
         holds it; else point Tune at the newest readable one (see search/checkpoints.py). Each checkpoint
         is looked at once."""
@@ -65,7 +67,7 @@ class ProgressAndRunCloser(Callback):
             if note:
                 self._print(f"note: {note}")
 
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Print what the trial will try."""
         c = trial.config
         self._print(
@@ -74,50 +76,50 @@ class ProgressAndRunCloser(Callback):
         )
 
     def on_trial_result(
-        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         """Say so, once per trial, when a trial could no longer log to MLflow."""
-        if result.get(TRACKING_LOST_KEY) and trial.trial_id not in self.lost_trials:
+        if result.get(ResultKey.TRACKING_LOST) and trial.trial_id not in self.lost_trials:
             self.lost_trials.add(trial.trial_id)
-            self._print(f"warning: {trial.trial_id} cannot reach MLflow since epoch {int(result.get('epoch', 0))}; "
+            epoch = int(result.get(ResultKey.EPOCH, 0))
+            self._print(f"warning: {trial.trial_id} cannot reach MLflow since epoch {epoch}; "
                         "it goes on training and Tune keeps its results for re-logging")  # fmt: skip
 
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Print the outcome; close the run if the trial left it open."""
         result = trial.last_result or {}
-        if result.get(DIVERGED_KEY):
-            outcome, status = "diverged", "FAILED"
-        elif result.get(COMPLETE_KEY):
-            outcome, status = "completed", "FINISHED"
+        if result.get(ResultKey.DIVERGED):
+            outcome = Outcome.DIVERGED
+        elif result.get(ResultKey.COMPLETE):
+            outcome = Outcome.COMPLETED
         else:
-            outcome, status = "stopped", "KILLED"
+            outcome = Outcome.STOPPED
         self.finished += 1
-        epoch = int(result.get("epoch", 0))
-        self._print(
-            f"done  {trial.trial_id} ({self.finished}/{self.trials}): {outcome} after epoch {epoch}, "
-            f"val {result.get('val_acc', float('nan')):.2%}, {self.cost} {result.get(self.cost, float('nan')):,.4g}"
-        )
-        self._close(trial.trial_id, status, outcome, "stopped early by ASHA" if outcome == "stopped" else "")
+        epoch = int(result.get(ResultKey.EPOCH, 0))
+        accuracy, cost = result.get(ResultKey.ACCURACY, float("nan")), result.get(self.cost, float("nan"))
+        self._print(f"done  {trial.trial_id} ({self.finished}/{self.trials}): {outcome} after epoch {epoch}, "
+                    f"val {accuracy:.2%}, {self.cost} {cost:,.4g}")  # fmt: skip
+        self._close(trial.trial_id, outcome, "stopped early by ASHA" if outcome == Outcome.STOPPED else "")
 
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Print the failure; the run ends FAILED."""
         self.finished += 1
         self._print(
             f"error {trial.trial_id} ({self.finished}/{self.trials}): see {trial.local_path or 'the Tune logs'}"
         )
-        self._close(trial.trial_id, "FAILED", "failed", "the trial raised an error (retries exhausted)")
+        self._close(trial.trial_id, Outcome.FAILED, "the trial raised an error (retries exhausted)")
 
-    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """A failed trial is retried from its last checkpoint."""
         self._print(f"retry {trial.trial_id}: restarting from its last checkpoint")
 
-    def _close(self, trial_id: str, status: str, outcome: str, reason: str) -> None:
+    def _close(self, trial_id: str, outcome: Outcome, reason: str) -> None:
         if self.offline:
             return
         try:
             run_id = tracking.find_trial_run(self.client, self.experiment_id, self.parent_run_id, trial_id)
-            if run_id is not None and self.client.get_run(run_id).info.status in tracking.ACTIVE:
-                tracking.end_run(self.client, run_id, status, outcome, reason)
+            if run_id is not None and tracking.get_run(self.client, run_id).info.status in ACTIVE_STATUSES:
+                tracking.end_run(self.client, run_id, outcome, reason)
         except Exception as exc:  # never let bookkeeping kill the search; the driver re-checks at the end
             self.offline = True
             why = tracking.redact_uri(tracking.first_line(exc))

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-ACCURACY_KEY = "val_acc"
-EPOCH_KEY = "epoch"
+from search.schema import ResultKey
+
+if TYPE_CHECKING:
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
 Point = tuple[float, float]  # (accuracy, cost): accuracy is maximized, cost minimized
 
 
@@ -89,14 +92,14 @@ class ParetoASHA(FIFOScheduler):
         self.cost = cost
         self.max_t = max_t
         self.reduction_factor = reduction_factor
-        self._metric = ACCURACY_KEY
+        self.set_search_properties(ResultKey.ACCURACY.value, "max")  # the metric Tune checks every result for
         # milestone epoch -> trial id -> (accuracy, cost) recorded when the trial reached it
         self.rungs: dict[int, dict[str, Point]] = {m: {} for m in milestones(max_t, grace_period, reduction_factor)}
         self.stopped: set[str] = set()
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict[str, Any]) -> str:
         """STOP a trial dominated by too many others at the rung it just reached, else CONTINUE."""
-        epoch, accuracy, cost = result.get(EPOCH_KEY), result.get(ACCURACY_KEY), result.get(self.cost)
+        epoch, accuracy, cost = result.get(ResultKey.EPOCH), result.get(ResultKey.ACCURACY), result.get(self.cost)
         if epoch is None or accuracy is None or cost is None:
             return TrialScheduler.CONTINUE
         go_on = self.decide(trial.trial_id, int(epoch), float(accuracy), float(cost))
@@ -133,7 +136,8 @@ class ParetoASHA(FIFOScheduler):
     def debug_string(self) -> str:
         """One line for Tune's status output."""
         sizes = ", ".join(f"{m}: {len(r)}" for m, r in sorted(self.rungs.items()))
-        return f"ParetoASHA on (val_acc, {self.cost}); trials per rung {{{sizes}}}; {len(self.stopped)} stopped"
+        rule = f"ParetoASHA on ({ResultKey.ACCURACY}, {self.cost})"
+        return f"{rule}; trials per rung {{{sizes}}}; {len(self.stopped)} stopped"
 
 
 class SchedulerStateKeeper(Callback):

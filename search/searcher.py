@@ -18,29 +18,23 @@ by how early they were stopped, as it does with PRUNED ones. Infeasible trials n
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search import ray_compat
 from search.config import ExperimentConfig
+from search.schema import UNTRAINED_CONSTRAINT, ResultKey
 
 logger = logging.getLogger(__name__)
-
-ACCURACY = "val_acc"
-COMPLETE_KEY = "trial_complete"
-DIVERGED_KEY = "diverged"
-EPOCH_KEY = "epoch"
-# Optuna constraint on every told trial: > 0 (infeasible) for a trial stopped before its last epoch
-UNTRAINED_KEY = "untrained_fraction"
-# a result carries this once its trial could no longer log to MLflow (see search/run_logger.py)
-TRACKING_LOST_KEY = "tracking_lost"
 
 
 def objectives(config: ExperimentConfig) -> tuple[list[str], list[str]]:
     """Metric names and modes of the search: maximize val accuracy, minimize the cost objective."""
-    return [ACCURACY, config.objectives.cost], ["max", "min"]
+    return [ResultKey.ACCURACY.value, config.objectives.cost], ["max", "min"]
 
 
 def startup_trials(config: ExperimentConfig) -> int:
@@ -65,26 +59,26 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell Optuna how the trial ended; feasible only if it trained to the last epoch."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = ray_compat.untold_optuna_trial(self, trial_id)
+        if ot_trial is None:
             return
         state, values, untrained = completion_state(self.metric, result, error, self.epochs)
-        study: Any = self._ot_study
-        ot_trial = self._ot_trials[trial_id]
+        study = ray_compat.optuna_study(self)
         try:
             if state == TrialState.COMPLETE:
-                ot_trial.set_constraint(UNTRAINED_KEY, untrained)
+                ot_trial.set_constraint(UNTRAINED_CONSTRAINT, untrained)
             study.tell(ot_trial, values, state=state)
         except (ValueError, RuntimeError) as exc:  # e.g. a NaN objective
             logger.warning("optuna rejected the result of trial %s: %s", trial_id, exc)
             study.tell(ot_trial, None, state=TrialState.FAIL)
-        self._completed_trials.add(trial_id)
+        ray_compat.mark_told(self, trial_id)
 
 
 def completion_state(
-    metrics: list[str] | str, result: dict[str, Any] | None, error: bool, epochs: int = 1
+    metrics: list[str] | str, result: Mapping[str, Any] | None, error: bool, epochs: int = 1
 ) -> tuple[TrialState, list[float] | None, float]:
     """The Optuna state, values and untrained fraction (the constraint) of a trial that ended with `result`."""
-    if error or result is None or result.get(DIVERGED_KEY):
+    if error or result is None or result.get(ResultKey.DIVERGED):
         return TrialState.FAIL, None, 1.0
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     missing = [m for m in names if result.get(m) is None]
@@ -92,7 +86,7 @@ def completion_state(
         logger.warning("a trial ended without reporting %s; marked FAIL", ", ".join(missing))
         return TrialState.FAIL, None, 1.0
     values = [float(result[m]) for m in names]
-    if result.get(COMPLETE_KEY):
+    if result.get(ResultKey.COMPLETE):
         return TrialState.COMPLETE, values, 0.0
-    trained = min(float(result.get(EPOCH_KEY, 0)), epochs - 1) / max(1, epochs)
+    trained = min(float(result.get(ResultKey.EPOCH, 0)), epochs - 1) / max(1, epochs)
     return TrialState.COMPLETE, values, 1.0 - trained

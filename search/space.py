@@ -1,16 +1,19 @@
-"""The search space: config ranges -> Ray Tune domains, and one sampled point -> allocation + recipe."""
+"""The search space: config ranges -> Ray Tune domains, one sampled point -> allocation + recipe, and the
+config's data section -> the data request every trainer call gets."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ray import tune
 
 from precrop.width.allocate import AllocationRequest
-from search.config import SpaceConfig
+from search.config import ExperimentConfig, SpaceConfig
+from trainers.datasets import DataRequest
 from trainers.recipe import TrainConfig
 
 # sampled on a log scale: they span orders of magnitude
@@ -127,3 +130,22 @@ class TrialPoint:
             device=device,
             workers=workers,
         )
+
+
+# what the data is loaded for: a trial trains on it; the end of a search evaluates the front on its test
+# split; the preflight check needs only its classes and image shape
+DataUse = Literal["train", "test", "shape"]
+
+
+def data_request(config: ExperimentConfig, use: DataUse = "train") -> DataRequest:
+    """The one DataRequest of the config's `data` section, for `use`."""
+    data = config.data
+    request = DataRequest(data.name, data_dir=data.data_dir, download=data.download, val_fraction=data.val_fraction,
+                          seed=config.search.seed, image_size=data.image_size, resident=data.resident,
+                          train_subset=data.train_subset)  # fmt: skip
+    if use == "test":  # the trials downloaded the data; the training subset does not matter for the test split
+        return dataclasses.replace(request, download=False, train_subset=None, with_test=True)
+    if use == "shape":  # nothing is trained: no subset, and image folders are not read into memory
+        resident = "no" if data.name == "imagefolder" else "auto"
+        return dataclasses.replace(request, seed=0, train_subset=None, resident=resident)
+    return request

@@ -17,29 +17,41 @@ written to a folder. `precrop study KIND CONFIG --report` remakes them from MLfl
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 import statistics
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from precrop.fileio import check_writable_dir
+from precrop.methods.registry import MASK_METHODS
 from precrop.textui import format_table
+from precrop.width.mapping import VARIANTS
+from search import tracking
 from search.config import ConfigError, ExperimentConfig
+from search.models import run_plan
+from search.outputs import csv_text, new_figure, png_bytes, to_markdown
+from search.pareto import TrialRun
+from search.schema import STUDY_FILES, Artifact, Metric, Param
 from search.study_stats import REFERENCES, paired_csv, paired_rows, reference_of, study_label
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
     from precrop.width.costmodel import LayerTable
     from precrop.width.plan import WidthPlan
 
-GRANULARITY = ("synexp_weight", "synexp_filter", "synexp")
-GRANULARITY_LABELS = {"synexp_weight": "weight", "synexp_filter": "filter", "synexp": "channel"}
-MAPPING_VARIANTS = ("fit", "gp", "internal")
+# PreCrop's own method: SynExp densities realized as channel widths
+SYNEXP = "synexp"
+# the same densities as weight masks, filter masks, then channel widths: the mask methods named synexp_*
+GRANULARITY = (*(m for m in MASK_METHODS if m.startswith(f"{SYNEXP}_")), SYNEXP)
+GRANULARITY_LABELS = {m: "channel" if m == SYNEXP else m.removeprefix(f"{SYNEXP}_") for m in GRANULARITY}
+MAPPING_VARIANTS = VARIANTS
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,8 @@ class Study:
 
     def points(self) -> list[tuple[str, str, float]]:
         """(allocator, variant or "", budget) of every cell, seeds aside: what preflight checks."""
-        allocators = self.values if self.dimension == "allocator" else ("synexp",)
-        variants = self.values if self.dimension == "variant" else ("",)
+        allocators = self.values if self.dimension == Param.ALLOCATOR else (SYNEXP,)
+        variants = self.values if self.dimension == Param.VARIANT else ("",)
         return [(a, v, b) for a in allocators for v in variants for b in self.budgets]
 
 
@@ -76,11 +88,11 @@ def make_study(
     if not budgets:
         raise ConfigError("give at least one budget")
     if kind == "granularity":
-        return Study(kind, "allocator", GRANULARITY, tuple(budgets), tuple(range(seeds)), out_dir)
+        return Study(kind, Param.ALLOCATOR, GRANULARITY, tuple(budgets), tuple(range(seeds)), out_dir)
     if kind == "baselines":
-        return Study(kind, "allocator", tuple(allocators), tuple(budgets), tuple(range(seeds)), out_dir)
+        return Study(kind, Param.ALLOCATOR, tuple(allocators), tuple(budgets), tuple(range(seeds)), out_dir)
     if kind == "mapping":
-        return Study(kind, "variant", MAPPING_VARIANTS, tuple(budgets), tuple(range(seeds)), out_dir)
+        return Study(kind, Param.VARIANT, MAPPING_VARIANTS, tuple(budgets), tuple(range(seeds)), out_dir)
     raise ConfigError(f"unknown study {kind!r}; choose granularity, mapping or baselines")
 
 
@@ -90,7 +102,7 @@ def study_space(config: ExperimentConfig, study: Study) -> dict[str, Any]:
 
     space = config.space
     point: dict[str, Any] = {
-        "allocator": "synexp",
+        "allocator": SYNEXP,
         "lr": _geometric_mid(space.lr),
         "weight_decay": _geometric_mid(space.weight_decay),
         "label_smoothing": sum(space.label_smoothing) / 2,
@@ -98,7 +110,7 @@ def study_space(config: ExperimentConfig, study: Study) -> dict[str, Any]:
         "budget": tune.grid_search(list(study.budgets)),
         "seed": tune.grid_search(list(study.seeds)),
     }
-    point[study.dimension] = tune.grid_search(list(study.values))
+    point[str(study.dimension)] = tune.grid_search(list(study.values))
     return point
 
 
@@ -122,55 +134,22 @@ class Cell:
     objective: float | None = None  # SynExp's sum_l log d_l of the realized plan
 
 
-def cell_from_run(run: Any, study: Study, client: Any = None) -> Cell:
+def cell_from_run(run: Run, study: Study, client: MlflowClient | None = None) -> Cell:
     """A Cell from the trial's MLflow run (params, final metrics, the objective of its logged plan)."""
-    params, metrics = run.data.params, run.data.metrics
-    plan = run_plan(run, client)
+    trial = TrialRun.of(run)
+    params, metrics = trial.params, trial.metrics
+    plan = run_plan(run, client)  # search/models.py
     return Cell(
         value=params[study.dimension],
-        budget=float(params["budget"]),
-        seed=int(params["seed"]),
-        val_acc=metrics.get("final_val_acc"),
-        test_acc=metrics.get("test_acc"),
-        macs_fraction=float(metrics["macs_fraction"]),
-        params_fraction=float(metrics["params_fraction"]),
-        latency_ms=float(metrics["latency_ms"]),
+        budget=float(params[Param.BUDGET]),
+        seed=int(params[Param.SEED]),
+        val_acc=metrics.get(Metric.FINAL_VAL_ACC),
+        test_acc=metrics.get(Metric.TEST_ACC),
+        macs_fraction=float(metrics[Metric.MACS_FRACTION]),
+        params_fraction=float(metrics[Metric.PARAMS_FRACTION]),
+        latency_ms=float(metrics[Metric.LATENCY_MS]),
         objective=None if plan is None else plan_objective(plan),
     )
-
-
-def run_plan(run: Any, client: Any = None) -> WidthPlan | None:
-    """The plan the run logged (through `client`, else its artifact URI); None when it cannot be read."""
-    from mlflow.exceptions import MlflowException
-
-    from precrop.errors import UserError
-
-    try:
-        if client is not None:
-            from search.models import load_run_plan
-
-            return load_run_plan(client, run.info.run_id)
-        return _plan_at(str(run.info.artifact_uri))
-    except (MlflowException, OSError, UserError, ValueError, KeyError):
-        return None
-
-
-def _plan_at(artifact_uri: str) -> WidthPlan | None:
-    """`plan/plan.json`, else `model/plan.json`, under a run's artifact URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from precrop.width.plan import WidthPlan
-
-    for folder in ("plan", "model"):
-        uri = f"{artifact_uri}/{folder}/plan.json"
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-            except (MlflowException, OSError):
-                continue
-            return WidthPlan.from_json(Path(path).read_text())
-    return None
 
 
 def plan_objective(plan: WidthPlan) -> float:
@@ -233,57 +212,36 @@ def _mean_spread(values: Sequence[float | None]) -> str:
     return f"{statistics.fmean(present):.4f} +- {statistics.stdev(present):.4f}"
 
 
-def to_markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def cells_csv(cells: Sequence[Cell]) -> str:
     """Every cell (one line per trained trial)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["value", "budget", "seed", "val_acc", "test_acc", "macs_fraction", "params_fraction",
-                     "latency_ms", "objective"])  # fmt: skip
-    for c in cells:
-        writer.writerow([c.value, c.budget, c.seed, c.val_acc, c.test_acc, c.macs_fraction, c.params_fraction,
-                         c.latency_ms, c.objective])  # fmt: skip
-    return buffer.getvalue()
+    return csv_text([f.name for f in fields(Cell)], [astuple(c) for c in cells])
 
 
 def plot_study(cells: Sequence[Cell], study: Study, title: str) -> bytes:
     """Test (else val) accuracy against the MACs and the params fraction (two panels: a budget on one
     cost leaves the other free, so both are shown), one series per studied value, seeds as dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=120, sharey=True)
-    costs = (("macs_fraction", "MACs"), ("params_fraction", "params"))
-    for ax, (field, name) in zip(axes, costs, strict=True):
-        _plot_series(ax, cells, study, field)
+    fig, axes = new_figure((10, 4.4), panels=2, sharey=True)
+    costs: tuple[tuple[Callable[[Cell], float], str], ...] = (
+        (lambda c: c.macs_fraction, "MACs"), (lambda c: c.params_fraction, "params"),
+    )  # fmt: skip
+    for ax, (cost, name) in zip(axes, costs, strict=True):
+        _plot_series(ax, cells, study, cost)
         ax.set_xlabel(f"{name} (fraction of dense; theoretical for masks)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (test where evaluated, else val)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
-def _plot_series(ax: Any, cells: Sequence[Cell], study: Study, field: str) -> None:
+def _plot_series(ax: Axes, cells: Sequence[Cell], study: Study, cost: Callable[[Cell], float]) -> None:
     """One series per studied value on `ax`: a dot per seed, a line through the per-budget means."""
     for index, value in enumerate(study.values):
         color, label = f"C{index}", _label(study, value)
         means: list[tuple[float, float]] = []
         for budget in study.budgets:
             mine = [c for c in cells if c.value == value and c.budget == budget]
-            points = [(float(getattr(c, field)), y) for c in mine if (y := _accuracy(c)) is not None]
+            points = [(float(cost(c)), y) for c in mine if (y := _accuracy(c)) is not None]
             if points:
                 xs, ys = [x for x, _ in points], [y for _, y in points]
                 ax.scatter(xs, ys, s=22, color=color, alpha=0.7, label=label if not means else None)
@@ -311,12 +269,28 @@ def write_outputs(folder: Path, cells: Sequence[Cell], study: Study, title: str)
     header, rows = summary_rows(cells, study)
     pair_header, pair_rows = paired_rows(cells, study, lambda v: _label(study, v))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "study.csv").write_text(cells_csv(cells))
-    (folder / "paired.csv").write_text(paired_csv(cells, study))
+    (folder / Artifact.STUDY_CSV).write_text(cells_csv(cells))
+    (folder / Artifact.PAIRED_CSV).write_text(paired_csv(cells, study))
     markdown = to_markdown(header, rows) + "\n" + paired_title(study) + "\n"
     if pair_rows:
         markdown += "\n" + to_markdown(pair_header, pair_rows)
-    (folder / "study.md").write_text(markdown)
-    (folder / "study.png").write_bytes(plot_study(cells, study, title))
+    (folder / Artifact.STUDY_MD).write_text(markdown)
+    (folder / Artifact.STUDY_PNG).write_bytes(plot_study(cells, study, title))
     printed = format_table(header, rows) + "\n\n" + paired_title(study)
     return printed + ("\n" + format_table(pair_header, pair_rows) if pair_rows else "")
+
+
+def publish(client: MlflowClient, parent_run_id: str, cells: Sequence[Cell], study: Study, title: str,
+            heading: str) -> None:  # fmt: skip
+    """Log the study's tables and plot to its parent run, write them to its `out_dir` (if any), and print
+    the tables under `heading`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        table = write_outputs(Path(tmp), cells, study, title)
+        tracking.log_artifacts(client, parent_run_id, tmp)
+    if study.out_dir:
+        write_outputs(Path(study.out_dir), cells, study, title)
+    print(heading)
+    print(table)
+    if study.out_dir:
+        names = [str(name) for name in STUDY_FILES]
+        print(f"wrote {', '.join(names[:-1])} and {names[-1]} to {study.out_dir}")

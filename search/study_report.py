@@ -11,16 +11,19 @@ study.png) and written to `--out`.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from precrop.errors import UserError
 from precrop.fileio import check_writable_dir
 from search import tracking
 from search.config import ExperimentConfig, tracking_uri_of
-from search.driver import CONFIG_NAME_TAG, CONFIG_TAG, SEARCH_TAG, STUDY_TAG
-from search.study import GRANULARITY, MAPPING_VARIANTS, Cell, Study, cell_from_run, write_outputs
+from search.pareto import TrialRun
+from search.schema import Param, Tag
+from search.study import GRANULARITY, MAPPING_VARIANTS, Cell, Study, cell_from_run, publish
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 
 def run_study_report(config: ExperimentConfig, kind: str, out_dir: str | None) -> int:
@@ -35,42 +38,29 @@ def run_study_report(config: ExperimentConfig, kind: str, out_dir: str | None) -
     runs = tracking.trial_runs(client, experiment, parent.info.run_id)
     study = study_of_runs(kind, runs, _saved_config(parent), out_dir)
     cells = finished_cells(runs, study, client)
-    title = _title(parent)
-    with tempfile.TemporaryDirectory() as tmp:
-        table = write_outputs(Path(tmp), cells, study, title)
-        client.log_artifacts(parent.info.run_id, tmp)
-    if out_dir:
-        write_outputs(Path(out_dir), cells, study, title)
-    print(f"{parent.data.tags.get(SEARCH_TAG, parent.info.run_id)} (parent run {parent.info.run_id}): "
-          f"{len(cells)} of {study.trials} cells trained to the end ({kind} study):")  # fmt: skip
-    print(table)
-    if out_dir:
-        print(f"wrote study.csv, paired.csv, study.md and study.png to {out_dir}")
+    heading = (f"{parent.data.tags.get(Tag.SEARCH, parent.info.run_id)} (parent run {parent.info.run_id}): "
+               f"{len(cells)} of {study.trials} cells trained to the end ({kind} study):")  # fmt: skip
+    publish(client, parent.info.run_id, cells, study, _title(parent), heading)
     return 0
 
 
-def latest_finished_study(client: Any, experiment: str, config_name: str, kind: str) -> Any:
+def latest_finished_study(client: MlflowClient, experiment: str, config_name: str, kind: str) -> Run:
     """The newest FINISHED parent run of a `kind` study of config `config_name` (UserError when none)."""
-    query = (f"tags.`{CONFIG_NAME_TAG}` = '{_quoted(config_name)}' and tags.`{STUDY_TAG}` = '{kind}' "
-             "and attributes.status = 'FINISHED'")  # fmt: skip
-    runs = client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
+    found = tracking.latest_parent_run(client, experiment, {Tag.CONFIG_NAME: config_name, Tag.STUDY: kind},
+                                       finished=True)  # fmt: skip
+    if found is None:
         raise UserError(
             f"no finished {kind} study of config {config_name!r} at {tracking.redact_uri(client.tracking_uri)} "
             "(one that stopped early: run `precrop reconcile` on its Tune directory first)"
         )
-    return runs[0]
+    return found
 
 
-def _quoted(text: str) -> str:
-    return text.replace("'", "\\'")
-
-
-def study_of_runs(kind: str, runs: list[Any], saved: dict[str, Any], out_dir: str | None) -> Study:
+def study_of_runs(kind: str, runs: list[Run], saved: dict[str, Any], out_dir: str | None) -> Study:
     """The study's grid as its child runs logged it (budgets, seeds) and its kind (values)."""
     if not runs:
         raise UserError(f"the {kind} study has no trial runs")
-    dimension = "variant" if kind == "mapping" else "allocator"
+    dimension = Param.VARIANT if kind == "mapping" else Param.ALLOCATOR
     seen = list(dict.fromkeys(r.data.params[dimension] for r in runs if dimension in r.data.params))
     if kind == "granularity":
         values: tuple[str, ...] = GRANULARITY
@@ -79,31 +69,29 @@ def study_of_runs(kind: str, runs: list[Any], saved: dict[str, Any], out_dir: st
     else:
         listed = [str(a) for a in saved.get("space", {}).get("allocators", [])]
         values = tuple(dict.fromkeys(listed + seen))
-    budgets = sorted({float(r.data.params["budget"]) for r in runs if "budget" in r.data.params})
-    seeds = sorted({int(r.data.params["seed"]) for r in runs if "seed" in r.data.params})
+    budgets = sorted({float(r.data.params[Param.BUDGET]) for r in runs if Param.BUDGET in r.data.params})
+    seeds = sorted({int(r.data.params[Param.SEED]) for r in runs if Param.SEED in r.data.params})
     return Study(kind, dimension, values, tuple(budgets), tuple(seeds), out_dir)
 
 
-def finished_cells(runs: list[Any], study: Study, client: Any) -> list[Cell]:
+def finished_cells(runs: list[Run], study: Study, client: MlflowClient) -> list[Cell]:
     """Cells of the child runs that trained to the end (outcome `completed`)."""
-    from search.pareto import record_from_run
-
-    return [cell_from_run(r, study, client) for r in runs if record_from_run(r).completed]
+    return [cell_from_run(r, study, client) for r in runs if TrialRun.of(r).completed]
 
 
-def _saved_config(parent: Any) -> dict[str, Any]:
+def _saved_config(parent: Run) -> dict[str, Any]:
     """The config the study ran with, as its parent run saved it (empty when the tag is missing)."""
     try:
-        saved = json.loads(parent.data.tags.get(CONFIG_TAG, "{}"))
+        saved = json.loads(parent.data.tags.get(Tag.CONFIG, "{}"))
     except json.JSONDecodeError:
         return {}
     return saved if isinstance(saved, dict) else {}
 
 
-def _title(parent: Any) -> str:
+def _title(parent: Run) -> str:
     """The plot's title, as the study's end wrote it."""
     saved = _saved_config(parent)
-    name = parent.data.tags.get(SEARCH_TAG, parent.info.run_id)
+    name = parent.data.tags.get(Tag.SEARCH, parent.info.run_id)
     arch = saved.get("model", {}).get("arch", "?")
     data = saved.get("data", {}).get("name", "?")
     return f"{name}: {arch} on {data}, {saved.get('space', {}).get('epochs', '?')} epochs"

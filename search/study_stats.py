@@ -9,19 +9,21 @@ missing for one seed (a failed trial) drops only that seed's pair.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from search.outputs import csv_text
+from search.schema import Metric
+
 if TYPE_CHECKING:
     from search.study import Cell, Study
 
 CONFIDENCE = 0.95
-METRICS = ("test_acc", "val_acc")
+# the Cell fields compared (named as the metrics they hold)
+METRICS = (Metric.TEST_ACC, Metric.VAL_ACC)
 # the arm every other arm is compared with, per study kind (the granularity study's channel arm is `synexp`)
 REFERENCES = {"baselines": "uniform", "granularity": "synexp", "mapping": "gp"}
 
@@ -88,7 +90,9 @@ def paired_comparisons(cells: Sequence[Cell], study: Study) -> list[Comparison]:
             if value == reference or not _by_seed(cells, value, budget):
                 continue
             pairs = len(_by_seed(cells, value, budget).keys() & _by_seed(cells, reference, budget).keys())
-            stats = {m: paired_difference(seed_differences(cells, value, reference, budget, m)) for m in METRICS}
+            stats: dict[str, PairedDifference] = {
+                m: paired_difference(seed_differences(cells, value, reference, budget, m)) for m in METRICS
+            }
             found.append(Comparison(value, budget, pairs, stats))
     return found
 
@@ -124,20 +128,18 @@ def _formatted(stat: PairedDifference, pairs: int) -> list[str]:
 
 def paired_csv(cells: Sequence[Cell], study: Study) -> str:
     """The paired comparisons as numbers (empty CI fields where there is no interval)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
     header = ["value", "reference", "budget", "pairs"]
     for metric in METRICS:
         header += [f"{metric}_n", f"{metric}_mean_diff", f"{metric}_ci_low", f"{metric}_ci_high"]
-    writer.writerow(header)
     reference = reference_of(study)
+    rows = []
     for c in paired_comparisons(cells, study):
         row: list[Any] = [c.value, reference, c.budget, c.pairs]
         for metric in METRICS:
             stat = c.stats[metric]
             row += [stat.n, _blank(stat.mean), _blank(stat.low), _blank(stat.high)]
-        writer.writerow(row)
-    return buffer.getvalue()
+        rows.append(row)
+    return csv_text(header, rows)
 
 
 def _blank(value: float | None) -> float | str:

@@ -1,33 +1,32 @@
 """MLflow: the parent run of a search, one child run per trial, and making sure every run ends.
 
-Everything goes through `MlflowClient` with explicit run ids rather than mlflow's fluent "active run":
-trials run in Ray worker threads, where a process-global active run (and the MLFLOW_EXPERIMENT_ID that
-`mlflow.set_experiment` exports) would leak between trials.
+Every tracking request of the search layer is a function here (search/models.py reads and registers
+models); the names it writes come from search/schema.py. Everything goes through `MlflowClient` with
+explicit run ids rather than mlflow's fluent "active run": trials run in Ray worker threads, where a
+process-global active run (and the MLFLOW_EXPERIMENT_ID that `mlflow.set_experiment` exports) would
+leak between trials.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from requests.exceptions import RequestException
 
 from precrop.errors import UserError
-
-TRIAL_TAG = "precrop.trial_id"
-OUTCOME_TAG = "precrop.outcome"  # completed | stopped | diverged | failed
-ROLE_TAG = "precrop.role"  # search | trial
-PARETO_TAG = "pareto"
-PARENT_TAG = "mlflow.parentRunId"
-ACTIVE = ("RUNNING", "SCHEDULED")
+from search.schema import RUN_STATUS, Outcome, Role, RunStatus, Tag
+from search.schema import Param as ParamName
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
@@ -99,6 +98,11 @@ def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
     return uri
 
 
+def lazy_client(uri: str) -> MlflowClient:
+    """A client for `uri` that has sent no request yet (trials and callbacks must not fail on creating it)."""
+    return MlflowClient(tracking_uri=uri)
+
+
 def client_for(uri: str) -> MlflowClient:
     """A client for `uri` that has answered one request (else TrackingError naming the URI)."""
     client = MlflowClient(tracking_uri=uri)
@@ -128,23 +132,61 @@ def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
         return str(found.experiment_id)
 
 
-def start_parent_run(client: MlflowClient, experiment: str, name: str, params: Mapping[str, Any]) -> str:
-    """Create the search's parent run and log the flattened config as its params."""
-    run = client.create_run(experiment, run_name=name, tags={ROLE_TAG: "search"})
-    log_params(client, run.info.run_id, params)
-    return str(run.info.run_id)
+def open_parent_run(
+    client: MlflowClient, experiment: str, name: str, path: str, shown: Mapping[str, Any], study_kind: str | None
+) -> str:
+    """Create a search's parent run: the (redacted) config `shown` as params and tag, the name and the Tune
+    directory `path`; return its id."""
+    run = client.create_run(experiment, run_name=name, tags={str(Tag.ROLE): str(Role.SEARCH)})
+    parent = str(run.info.run_id)
+    log_params(client, parent, {**flatten(shown), ParamName.SEARCH_DIR: path})
+    tags: dict[str, str] = {Tag.SEARCH: name, Tag.CONFIG_NAME: str(shown["name"]), Tag.CONFIG: json.dumps(shown),
+                            Tag.SEARCH_DIR: path}  # fmt: skip
+    if study_kind:
+        tags[Tag.STUDY] = study_kind
+    set_tags(client, parent, tags)
+    return parent
+
+
+def latest_parent_run(
+    client: MlflowClient, experiment: str, tags: Mapping[Tag, str], finished: bool = False
+) -> Run | None:
+    """The newest parent run of `experiment` carrying every tag of `tags` (and FINISHED, if `finished`)."""
+    clauses = [f"tags.`{key}` = '{_quoted(value)}'" for key, value in tags.items()]
+    if finished:
+        clauses.append(f"attributes.status = '{RunStatus.FINISHED}'")
+    runs = client.search_runs([experiment], " and ".join(clauses), order_by=["attributes.start_time DESC"],
+                              max_results=1)  # fmt: skip
+    return runs[0] if runs else None
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "\\'")
 
 
 def reopen_run(client: MlflowClient, run_id: str) -> None:
     """Mark a run RUNNING again (a resumed search or a retried trial continues its own run)."""
-    client.update_run(run_id, status="RUNNING")
+    client.update_run(run_id, status=str(RunStatus.RUNNING))
+
+
+def get_run(client: MlflowClient, run_id: str) -> Run:
+    """Run `run_id` (raises when the server does not have it or does not answer)."""
+    return client.get_run(run_id)
+
+
+def find_run(client: MlflowClient, run_id: str) -> Run | None:
+    """Run `run_id`, or None when this server does not have it (a fresh database)."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
 
 
 def find_trial_run(client: MlflowClient, experiment: str, parent_id: str, trial_id: str) -> str | None:
     """The child run a trial created earlier (before a crash), if any."""
     runs = client.search_runs(
         [experiment],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        filter_string=f"tags.`{Tag.PARENT}` = '{parent_id}' and tags.`{Tag.TRIAL_ID}` = '{trial_id}'",
         max_results=1,
     )
     return str(runs[0].info.run_id) if runs else None
@@ -152,47 +194,67 @@ def find_trial_run(client: MlflowClient, experiment: str, parent_id: str, trial_
 
 def create_trial_run(client: MlflowClient, experiment: str, parent_id: str, trial_id: str, name: str) -> str:
     """A new child run of `parent_id` for `trial_id`."""
-    tags = {PARENT_TAG: parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+    tags = {str(Tag.PARENT): parent_id, str(Tag.TRIAL_ID): trial_id, str(Tag.ROLE): str(Role.TRIAL)}
     return str(client.create_run(experiment, run_name=name, tags=tags).info.run_id)
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Log a (possibly nested) mapping as dotted params, 100 per request."""
-    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    flat = [Param(str(k), str(v)[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(flat), 100):
         client.log_batch(run_id, params=flat[i : i + 100])
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
     """Log numeric metrics at `step` in one request."""
-    timestamp = _now_ms()
-    batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items() if isinstance(v, int | float)]
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(str(k), float(v), timestamp, step) for k, v in metrics.items() if isinstance(v, int | float)]
     client.log_batch(run_id, metrics=batch)
+
+
+def logged_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
+    """The steps at which the run has a value of metric `key`."""
+    return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     """Set several tags in one request."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
 
-def end_run(client: MlflowClient, run_id: str, status: str, outcome: str | None = None, reason: str = "") -> None:
-    """End a run (FINISHED, FAILED or KILLED), recording the outcome tag and reason first."""
-    tags = {}
-    if outcome is not None:
-        tags[OUTCOME_TAG] = outcome
+def log_artifacts(client: MlflowClient, run_id: str, folder: str, artifact_path: str | None = None) -> None:
+    """Upload every file under `folder` to the run (under `artifact_path`, else at its root)."""
+    client.log_artifacts(run_id, folder, artifact_path=None if artifact_path is None else str(artifact_path))
+
+
+def has_artifacts(client: MlflowClient, run_id: str, path: str) -> bool:
+    """Whether the run holds any artifact under `path`."""
+    return bool(client.list_artifacts(run_id, str(path)))
+
+
+def end_run(client: MlflowClient, run_id: str, outcome: Outcome, reason: str = "") -> None:
+    """End a trial's run with `outcome` (its status from schema.RUN_STATUS), recording the outcome tag and
+    reason first."""
+    tags: dict[str, str] = {Tag.OUTCOME: str(outcome)}
     if reason:
-        tags["precrop.reason"] = reason[:5000]
-    if tags:
-        set_tags(client, run_id, tags)
-    client.set_terminated(run_id, status=status)
+        tags[Tag.REASON] = reason[:5000]
+    set_tags(client, run_id, tags)
+    client.set_terminated(run_id, status=str(RUN_STATUS[outcome]))
 
 
-def trial_runs(client: MlflowClient, experiment: str, parent_id: str | None = None) -> list[Any]:
+def end_parent_run(client: MlflowClient, run_id: str, status: RunStatus, reason: str = "") -> None:
+    """End a search's parent run with `status`, recording why first when it did not finish."""
+    if reason:
+        set_tags(client, run_id, {Tag.REASON: reason[:5000]})
+    client.set_terminated(run_id, status=str(status))
+
+
+def trial_runs(client: MlflowClient, experiment: str, parent_id: str | None = None) -> list[Run]:
     """Every trial child run of the experiment (of one search when `parent_id` is given)."""
-    filters = [f"tags.`{ROLE_TAG}` = 'trial'"]
+    filters = [f"tags.`{Tag.ROLE}` = '{Role.TRIAL}'"]
     if parent_id is not None:
-        filters.append(f"tags.`{PARENT_TAG}` = '{parent_id}'")
-    runs: list[Any] = []
+        filters.append(f"tags.`{Tag.PARENT}` = '{parent_id}'")
+    runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs([experiment], " and ".join(filters), max_results=1000, page_token=token)
@@ -212,9 +274,3 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

@@ -9,7 +9,6 @@ its trial-id tag) and continues that run instead of opening a second one.
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import socket
 import tempfile
@@ -20,11 +19,10 @@ from typing import Any
 
 import ray
 import torch
-from mlflow import MlflowClient
 from ray import tune
-from ray.tune.result import AUTO_RESULT_KEYS
 
-from precrop.methods.masks import Probe, apply_masks
+from precrop.methods.base import Probe
+from precrop.methods.masks import apply_masks
 from precrop.methods.plan_report import render_plan
 from precrop.methods.registry import method, realize
 from precrop.nn.build import build_from_plan, layer_table
@@ -32,26 +30,15 @@ from precrop.width.allocate import dense_plan
 from precrop.width.costmodel import LayerTable
 from precrop.width.plan import WidthPlan
 from search import tracking
+from search.checkpoints import Resume, read_checkpoint, write_checkpoint_dir
 from search.config import ExperimentConfig
 from search.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models
-from search.run_logger import RunLogger
-from search.searcher import ACCURACY, COMPLETE_KEY, DIVERGED_KEY, TRACKING_LOST_KEY
-from search.space import TrialPoint
+from search.run_logger import RunLogger, log_final, log_setup, setup_metrics, setup_params
+from search.schema import Metric, Outcome, ResultKey, Tag
+from search.space import TrialPoint, data_request
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
-from trainers.checkpoint import PLAN_FILE, load_train_state, save_train_state, save_weights
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
-
-META_FILE = "trial.json"
-NODE_TAG = "precrop.node_id"
-HOST_TAG = "precrop.host"
-DEVICE_TAG = "precrop.device"
-ATTEMPTS_TAG = "precrop.attempts"
-# what a Tune result holds besides the trainer's epoch metrics
-RESULT_EXTRAS = frozenset(
-    {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "macs", "params", "latency_ms", COMPLETE_KEY,
-     DIVERGED_KEY, TRACKING_LOST_KEY}
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,16 +50,6 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     cpus: float
-
-
-@dataclass
-class Resume:
-    """What a checkpoint of this trial holds."""
-
-    state: TrainState
-    run_id: str | None
-    latency_ms: float
-    plan: WidthPlan | None = None  # absent from checkpoints written before plans were saved in them
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,7 +72,7 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     resume = read_checkpoint(tune.get_checkpoint())
-    log = RunLogger(MlflowClient(tracking_uri=setup.tracking_uri))
+    log = RunLogger(tracking.lazy_client(setup.tracking_uri))
     known = resume.run_id if resume else None
     fresh = log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, known)
     trial = _Trial(setup, TrialPoint.from_config(sampled), log)
@@ -103,44 +80,12 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
         trial.run(resume, fresh)
     except SystemExit:  # Tune stops a trial (ASHA) by raising SystemExit inside tune.report
         if not trial.ended:
-            log.call("ending the run", tracking.end_run, "KILLED", "stopped", "stopped early by ASHA")
+            log.call("ending the run", tracking.end_run, Outcome.STOPPED, "stopped early by ASHA")
         raise
     except BaseException as exc:
         if not trial.ended:
-            log.call("ending the run", tracking.end_run, "FAILED", "failed", f"{type(exc).__name__}: {exc}")
+            log.call("ending the run", tracking.end_run, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
         raise
-
-
-def setup_params(config: ExperimentConfig, point: TrialPoint, plan: WidthPlan, seed: int) -> dict[str, Any]:
-    """The hyperparameters a trial's run logs once: what was allocated, how, and the training recipe."""
-    space = config.space
-    recipe = point.train_config(space, seed, 0).to_dict()
-    return {
-        "arch": config.model.arch, "dataset": config.data.name, "allocator": point.allocator,
-        "budget": point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
-        "variant": point.variant or space.variant, "divisor": space.divisor, "min_width": space.min_width,
-        "seed": seed, "granularity": plan.granularity,
-        "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
-    }  # fmt: skip
-
-
-def setup_metrics(plan: WidthPlan, costs: dict[str, float]) -> dict[str, float]:
-    """The cost metrics a trial's run logs at step 0: the objectives and the fractions of the dense model."""
-    base = plan.base
-    return {
-        **costs,
-        "macs_fraction": plan.effective.macs / base.macs,
-        "params_fraction": plan.effective.params / base.params,
-        # what the model executes: masked models keep the dense shapes (and the dense latency)
-        "dense_macs": float(plan.counted.macs),
-    }
-
-
-def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The trainer's own metrics of one epoch, out of a Tune result (which adds costs and bookkeeping)."""
-    # "/" marks a nested field flattened by Tune's result files (config/lr, ...): never an epoch metric
-    return {k: float(v) for k, v in result.items() if k not in RESULT_EXTRAS and "/" not in k
-            and isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
 
 
 class _Trial:
@@ -159,10 +104,12 @@ class _Trial:
         self.last_checkpoint = -float("inf")
 
     def run(self, resume: Resume | None, fresh: bool) -> None:
+        """Load the data, allocate, train (from `resume` when given) and report every epoch to Tune and MLflow."""
         data = self._load_data()
         table, plan, model = self._allocate(data)
         latency = resume.latency_ms if resume else self._latency(model, plan)
-        costs = {"macs": float(plan.effective.macs), "params": float(plan.effective.params), "latency_ms": latency}
+        costs: dict[str, float] = {Metric.MACS: float(plan.effective.macs), Metric.PARAMS: float(plan.effective.params),
+                 Metric.LATENCY_MS: latency}  # fmt: skip
         if fresh:
             self._log_setup(plan, render_plan(plan, table), costs)
         workers = max(0, int(self.setup.cpus) - 1)
@@ -174,47 +121,44 @@ class _Trial:
 
         def report(metrics: Metrics, state: TrainState) -> None:
             entered = time.perf_counter()
-            self.log.call("logging metrics", tracking.log_metrics, metrics, step=int(metrics["epoch"]))
-            last = int(metrics["epoch"]) == epochs
+            self.log.call("logging metrics", tracking.log_metrics, metrics, step=int(metrics[Metric.EPOCH]))
+            last = int(metrics[Metric.EPOCH]) == epochs
             if last:
                 self._finish(plan, trainer, metrics)
-            result = {**metrics, ACCURACY: metrics["val_acc"], **costs, COMPLETE_KEY: int(last), **self._lost()}
+            result = {**metrics, ResultKey.ACCURACY: metrics[Metric.VAL_ACC], **costs, ResultKey.COMPLETE: int(last),
+                      **self._lost()}  # fmt: skip
             self.reporting_seconds += time.perf_counter() - entered
             due = time.perf_counter() - self.last_checkpoint >= self.config.ray.checkpoint_every_s
             self._report(result, state if (last or due) else None, plan, latency)
 
         self.training_started = time.perf_counter()
         outcome = trainer.run(report)
-        if outcome.status == "diverged":
-            self.log.call("ending the run", tracking.end_run, "FAILED", "diverged", outcome.reason)
+        if outcome.status == Outcome.DIVERGED:  # the trainer's own status, named alike
+            self.log.call("ending the run", tracking.end_run, Outcome.DIVERGED, outcome.reason)
             self.ended = True
             final = outcome.final
-            tune.report({**final, ACCURACY: final.get("val_acc", 0.0), **costs, COMPLETE_KEY: 0, DIVERGED_KEY: 1,
-                         **self._lost()})  # fmt: skip
+            tune.report(_plain({**final, ResultKey.ACCURACY: final.get(Metric.VAL_ACC, 0.0), **costs,
+                                ResultKey.COMPLETE: 0, ResultKey.DIVERGED: 1, **self._lost()}))  # fmt: skip
         elif not self.ended:  # resumed after the last epoch's checkpoint: nothing left to train
             self._finish(plan, trainer, trainer.history[-1])
-            self._report({**trainer.history[-1], ACCURACY: trainer.history[-1]["val_acc"], **costs,
-                          COMPLETE_KEY: 1, **self._lost()}, trainer.state(), plan, latency)  # fmt: skip
+            last = trainer.history[-1]
+            self._report({**last, ResultKey.ACCURACY: last[Metric.VAL_ACC], **costs, ResultKey.COMPLETE: 1,
+                          **self._lost()}, trainer.state(), plan, latency)  # fmt: skip
 
     def _lost(self) -> dict[str, int]:
         """The flag a result carries once this attempt lost MLflow (the driver reports it and re-logs)."""
-        return {TRACKING_LOST_KEY: 1} if self.log.lost else {}
+        return {ResultKey.TRACKING_LOST: 1} if self.log.lost else {}
 
     def _tag_placement(self, device: str) -> None:
         """Where this attempt runs (Ray node, host, device); a retry elsewhere overwrites it and counts up."""
-        run = self.log.call("reading the run", lambda client, run_id: client.get_run(run_id))
-        attempts = int(run.data.tags.get(ATTEMPTS_TAG, "0")) + 1 if run is not None else 1
-        tags = {NODE_TAG: ray.get_runtime_context().get_node_id(), HOST_TAG: socket.gethostname(),
-                DEVICE_TAG: device, ATTEMPTS_TAG: str(attempts)}  # fmt: skip
+        run = self.log.call("reading the run", tracking.get_run)
+        attempts = int(run.data.tags.get(Tag.ATTEMPTS, "0")) + 1 if run is not None else 1
+        tags = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
+                Tag.DEVICE: device, Tag.ATTEMPTS: str(attempts)}  # fmt: skip
         self.log.call("tagging the run", tracking.set_tags, tags)
 
     def _load_data(self) -> DataSet:
-        data = self.config.data
-        request = DataRequest(
-            data.name, data_dir=data.data_dir, val_fraction=data.val_fraction, seed=self.config.search.seed,
-            image_size=data.image_size, resident=data.resident, download=data.download, train_subset=data.train_subset,
-        )  # fmt: skip
-        return cached_dataset(request)
+        return cached_dataset(data_request(self.config, "train"))
 
     @property
     def seed(self) -> int:
@@ -257,13 +201,13 @@ class _Trial:
     def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
         """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""
         now = time.perf_counter()
-        timings = {
-            "time_setup_s": self.training_started - self.started,
-            "time_reporting_s": self.reporting_seconds,
-            "time_training_s": now - self.training_started - self.reporting_seconds,
+        timings: dict[str, float] = {
+            Metric.TIME_SETUP_S: self.training_started - self.started,
+            Metric.TIME_REPORTING_S: self.reporting_seconds,
+            Metric.TIME_TRAINING_S: now - self.training_started - self.reporting_seconds,
         }
-        log_final(self.log, plan, trainer.model.state_dict(), {"final_val_acc": last["val_acc"], **timings},
-                  int(last["epoch"]))  # fmt: skip
+        log_final(self.log, plan, trainer.model.state_dict(), {Metric.FINAL_VAL_ACC: last[Metric.VAL_ACC], **timings},
+                  int(last[Metric.EPOCH]))  # fmt: skip
         self.ended = True
 
     def _report(self, result: dict[str, Any], state: TrainState | None, plan: WidthPlan, latency: float) -> None:
@@ -273,6 +217,7 @@ class _Trial:
         one per epoch of a short epoch costs more than the training it protects.
         """
         entered = time.perf_counter()
+        result = _plain(result)
         if state is None:
             tune.report(result)
             self.reporting_seconds += time.perf_counter() - entered
@@ -280,56 +225,13 @@ class _Trial:
         self.last_checkpoint = entered
         folder = Path(tempfile.mkdtemp(prefix="precrop-ckpt-"))
         try:
-            save_train_state(folder, state)
-            (folder / PLAN_FILE).write_text(plan.to_json())
-            (folder / META_FILE).write_text(json.dumps({"run_id": self.log.run_id, "latency_ms": latency}))
+            write_checkpoint_dir(folder, state, plan, self.log.run_id, latency)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             self.reporting_seconds += time.perf_counter() - entered
 
 
-def read_checkpoint(checkpoint: tune.Checkpoint | None) -> Resume | None:
-    """What a trial's checkpoint holds (None for none): loop state, run id, latency and plan.
-
-    A checkpoint that storage no longer holds (Tune's saved state can name one it already deleted: see
-    search/checkpoints.py) gives way to the newest readable checkpoint of the same trial; None if none is.
-    """
-    from search.checkpoints import usable
-
-    found = usable(checkpoint, read_checkpoint_dir) if checkpoint is not None else None
-    return found[1] if found else None
-
-
-def read_checkpoint_dir(checkpoint: tune.Checkpoint) -> Resume | None:
-    """What this checkpoint directory holds (None without a loop state); raises when its files are unreadable."""
-    with checkpoint.as_directory() as folder:
-        root = Path(folder)
-        state = load_train_state(root)
-        meta = json.loads((root / META_FILE).read_text())
-        plan = WidthPlan.from_json((root / PLAN_FILE).read_text()) if (root / PLAN_FILE).is_file() else None
-    if state is None:
-        return None
-    run_id = meta.get("run_id")
-    return Resume(state, str(run_id) if run_id else None, float(meta["latency_ms"]), plan)
-
-
-def log_setup(log: RunLogger, params: dict[str, Any], metrics: dict[str, float], plan: WidthPlan, widths: str) -> None:
-    """Log a run's setup: params, step-0 cost metrics, the allocator tag and the plan artifacts."""
-    log.call("logging params", tracking.log_params, params)
-    log.call("logging costs", tracking.log_metrics, metrics, step=0)
-    log.call("tagging the run", tracking.set_tags, {"precrop.allocator": str(params["allocator"])})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / PLAN_FILE).write_text(plan.to_json(indent=2) + "\n")
-        (folder / "widths.txt").write_text(widths + "\n")
-        log.call("logging the plan", lambda client, run_id: client.log_artifacts(run_id, tmp, artifact_path="plan"))
-
-
-def log_final(log: RunLogger, plan: WidthPlan, weights: dict[str, Any], summary: dict[str, float], epoch: int) -> None:
-    """Log a completed run's model (plan JSON + state_dict) and summary metrics, and end it FINISHED."""
-    with tempfile.TemporaryDirectory() as tmp:
-        save_weights(Path(tmp), plan, weights)
-        log.call("logging the model", lambda client, run_id: client.log_artifacts(run_id, tmp, artifact_path="model"))
-    log.call("logging the summary", tracking.log_metrics, summary, step=epoch)
-    log.call("ending the run", tracking.end_run, "FINISHED", "completed")
+def _plain(result: dict[str, Any]) -> dict[str, Any]:
+    """A result with plain-string keys (schema names are StrEnum members) for Tune and its result files."""
+    return {str(key): value for key, value in result.items()}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("precrop", "trainers", "search")
-FILE_PATH = re.compile(r"\b(?:precrop|trainers|search|tests|benchmarks|docs|configs|cluster)/[\w./-]*\.(?:py|md|yaml|sh)\b")
+FOLDERS = "precrop|trainers|search|tests|benchmarks|docs|configs|cluster"
+FILE_PATH = re.compile(rf"\b(?:{FOLDERS})/[\w./-]*\.(?:py|md|yaml|sh)\b")
 DOTTED = re.compile(r"\b(?:precrop|trainers|search)(?:\.[A-Za-z_]\w*)+")
 PLACEHOLDER = re.compile(r"/X\.|<")
 

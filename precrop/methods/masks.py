@@ -18,7 +18,6 @@ from torch import nn
 
 from precrop.errors import UserError
 from precrop.methods.base import MaskResult, Masks
-from precrop.methods.base import Probe as Probe  # re-exported: search/trial.py and tests outside precrop import it here
 from precrop.width.allocate import AllocationRequest, BudgetError, allocated_plan
 from precrop.width.budget import over_budget
 from precrop.width.costmodel import Cost, Layer, LayerTable

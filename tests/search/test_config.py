@@ -118,14 +118,14 @@ def test_ray_address_prefers_config_then_environment_then_the_local_ray_start(
 ) -> None:
     import ray._private.utils
 
-    from search.driver import ray_address
+    from search.cluster import ray_address
 
     started_here: list[str | None] = [None]
     monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *_: started_here[0])
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     plain = parse_config({})
     assert ray_address(plain) is None  # nothing running: an embedded Ray
-    monkeypatch.setattr("search.driver._answers", lambda address: address == "127.0.0.1:6379")
+    monkeypatch.setattr("search.cluster._answers", lambda address: address == "127.0.0.1:6379")
     started_here[0] = "127.0.0.1:6379"
     assert ray_address(plain) == "127.0.0.1:6379"  # on a head, as `ray submit` runs the script
     started_here[0] = "127.0.0.1:6380"

@@ -186,7 +186,7 @@ def _write_checkpoint(folder: Path, epoch: int, run_id: str = "run-1") -> Path:
 def test_read_checkpoint_falls_back_to_the_newest_readable_one(tmp_path: Path) -> None:
     from ray import tune
 
-    from search.trial import read_checkpoint
+    from search.checkpoints import read_checkpoint
 
     trial = tmp_path / "run_trial_x"
     _write_checkpoint(trial / "checkpoint_000001", epoch=2)
@@ -300,9 +300,10 @@ def test_a_local_file_error_at_the_end_names_the_path_not_mlflow() -> None:
 
     from precrop.errors import UserError
     from search import tracking
-    from search.driver import SearchHandle, _finish_failed
+    from search.driver import _finish_failed
+    from search.records import SearchRecord
 
-    handle = SearchHandle("s-1", "/data/ray_results/s-1", "1", "parent", "sqlite:////data/mlflow.db")
+    handle = SearchRecord("s-1", "/data/ray_results/s-1", "sqlite:////data/mlflow.db", "1", "parent", {})
     missing = "/data/ray_results/s-1/run_trial_1/checkpoint_000001/trial.json"
     client = _Client()
     error = _finish_failed(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from precrop.methods.masks import Probe
+from precrop.methods.base import Probe
 from precrop.methods.registry import realize
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import AllocationRequest, dense_plan
@@ -22,10 +22,11 @@ from precrop.width.plan import WidthPlan
 from search import tracking
 from search.cli import main
 from search.config import ConfigError, parse_config
-from search.driver import open_parent_run
 from search.models import load_run_model
+from search.schema import Outcome
 from search.study import GRANULARITY, Cell, cell_from_run, make_study, plan_objective, study_space, summary_rows
 from search.study_stats import paired_difference, paired_rows, reference_of, seed_differences
+from search.tracking import open_parent_run
 from tests.search.conftest import TINY_CONFIG, run_precrop, write_config
 
 # Student t quantiles t_{0.975, df}, from printed tables (independent of scipy)
@@ -163,11 +164,11 @@ def _fake_study(client: MlflowClient, experiment: str, plans: dict[str, WidthPla
             tracking.log_metrics(client, run, {"macs_fraction": 0.29, "params_fraction": 0.3, "latency_ms": 1.0}, 0)
             client.log_artifacts(run, str(folder / "plan"), artifact_path="plan")
             if seed not in seeds:
-                tracking.end_run(client, run, "FAILED", "failed")
+                tracking.end_run(client, run, Outcome.FAILED)
                 continue
             test, val = seeds[seed]
             tracking.log_metrics(client, run, {"final_val_acc": val, "test_acc": test}, step=1)
-            tracking.end_run(client, run, "FINISHED", "completed")
+            tracking.end_run(client, run, Outcome.COMPLETED)
     client.set_terminated(parent, status="FINISHED")
     return parent
 

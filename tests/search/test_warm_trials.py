@@ -13,7 +13,8 @@ from precrop.methods.registry import AllocationRequest, realize
 from precrop.nn.build import layer_table
 from precrop.width.plan import WidthPlan
 from search.config import load_config
-from search.latency import IN_SEARCH_KEY, TIMED_TAG, LatencyBook, cached_latency, plan_fingerprint, retime_search
+from search.latency import LatencyBook, cached_latency, plan_fingerprint, retime_search
+from search.schema import Metric, Tag
 from search.trial import cached_dataset, cached_layer_table
 from tests.search.conftest import TINY_CONFIG, run_precrop, write_config
 from trainers.datasets import DataRequest
@@ -92,12 +93,12 @@ def test_search_retimes_latency_of_every_finished_run(tmp_path: Path) -> None:
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         metrics = run.data.metrics
-        assert metrics["latency_ms"] > 0 and metrics[IN_SEARCH_KEY] > 0
-        assert run.data.tags[TIMED_TAG].startswith("end of search on ")
+        assert metrics["latency_ms"] > 0 and metrics[Metric.LATENCY_MS_IN_SEARCH] > 0
+        assert run.data.tags[Tag.LATENCY_TIMED].startswith("end of search on ")
         history = sorted(client.get_metric_history(run.info.run_id, "latency_ms"), key=lambda m: m.timestamp)
-        assert [m.step for m in history] == [0, 0] and history[0].value == metrics[IN_SEARCH_KEY]
+        assert [m.step for m in history] == [0, 0] and history[0].value == metrics[Metric.LATENCY_MS_IN_SEARCH]
     assert len({r.data.metrics["latency_ms"] for r in runs}) == 1  # one plan, one quiet value
-    assert len({r.data.metrics[IN_SEARCH_KEY] for r in runs}) == 1  # and one in-search value
+    assert len({r.data.metrics[Metric.LATENCY_MS_IN_SEARCH] for r in runs}) == 1  # and one in-search value
     # re-timing again (`precrop reconcile` does) changes nothing: runs re-timed once keep their value
     parent = runs[0].data.tags["mlflow.parentRunId"]
     again = retime_search(client, load_config(tmp_path / "retime.yaml"), experiment.experiment_id, parent)

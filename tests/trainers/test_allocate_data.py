@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
 from precrop.methods.base import Probe
+from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
 from precrop.methods.registry import METHODS, realize
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import AllocationRequest, dense_plan

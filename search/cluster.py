@@ -1,0 +1,101 @@
+"""Ray for a search: join a cluster (or start an embedded Ray), and the resources each trial asks for."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from search import ray_compat
+from search.config import ConfigError, ExperimentConfig
+
+
+def init_ray(config: ExperimentConfig) -> bool:
+    """Start an embedded Ray or join a cluster; True when embedded (this driver owns the whole cluster)."""
+    import ray
+
+    address = ray_address(config)
+    try:
+        if address is None:
+            # trials print nothing useful; their errors reach the driver through Tune
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            return True
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"ray.address {address!r}: cannot connect{hint}: {first}") from exc
+    have, nodes = ray.cluster_resources(), sum(node["Alive"] for node in ray.nodes())
+    print(f"joined the Ray cluster at {address}: {nodes} node(s), {have.get('CPU', 0):g} CPUs, "
+          f"{have.get('GPU', 0):g} GPUs now (autoscaling adds workers while trials wait)", flush=True)  # fmt: skip
+    return False
+
+
+def ray_address(config: ExperimentConfig) -> str | None:
+    """The cluster to join, or None for an embedded Ray started by this driver.
+
+    In order: `ray.address` (or --address; `local` forces an embedded Ray), $RAY_ADDRESS, then the
+    cluster that `ray start` began on this machine. The last is how `ray submit` works: it runs the
+    script on the head node, where no address was passed. A leftover address of a cluster that no
+    longer answers is ignored (joining it would hang in Ray's reconnect loop).
+    """
+    chosen = config.ray.address or os.environ.get("RAY_ADDRESS", "").strip()
+    if not chosen:
+        found = ray_compat.ray_start_address()
+        if found and not _answers(found):
+            print(f"note: the Ray cluster recorded at {found} does not answer; starting an embedded Ray", flush=True)
+            found = None
+        chosen = found or ""
+    return None if not chosen or chosen == "local" else chosen
+
+
+def _answers(address: str) -> bool:
+    """Whether HOST:PORT accepts a TCP connection within 2 s."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def trial_resources(config: ExperimentConfig, embedded: bool) -> dict[str, float]:
+    """CPU and GPU per trial. An embedded Ray on a machine without GPUs drops the GPU request (with a
+    note), so one config runs on a laptop and a cluster; a joined cluster must show a GPU within
+    `ray.gpu_wait_s` (its autoscaler may be starting one), else the search stops before it begins."""
+    import ray
+
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    if resources["gpu"] > 0 and embedded and not ray.cluster_resources().get("GPU"):
+        print("note: this machine has no GPU; trials run on CPU", flush=True)
+        resources["gpu"] = 0.0
+    elif resources["gpu"] > 0 and not embedded:
+        _wait_for_gpus(config.ray.gpu_wait_s, resources["gpu"])
+    available = ray.cluster_resources().get("CPU", 0)
+    if embedded and resources["cpu"] > available:
+        raise ConfigError(f"resources.cpu: each trial asks for {resources['cpu']} CPUs, this machine has {available}")
+    return resources
+
+
+def _wait_for_gpus(timeout_s: float, per_trial: float) -> None:
+    """Return once the joined cluster has a GPU; ask its autoscaler for one while waiting."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return
+    print(f"the cluster has no GPU yet: asking its autoscaler for one (waiting up to {timeout_s:.0f} s)", flush=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        request_resources(bundles=[{"GPU": per_trial}])
+        while time.monotonic() < deadline:
+            if ray.cluster_resources().get("GPU", 0) > 0:
+                return
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        request_resources(bundles=[])  # from here on, the trials' own demand drives the autoscaler
+    raise ConfigError(
+        f"resources.gpu: the Ray cluster has no GPU after {timeout_s:.0f} s (set resources.gpu: 0 to train on "
+        "CPUs, add GPU workers, or raise ray.gpu_wait_s)"
+    )

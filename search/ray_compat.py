@@ -1,0 +1,124 @@
+"""The only module that touches private Ray and Tune APIs: each use is one small function here.
+
+Written against Ray 2.60 (`ray[tune]`); tests/search/test_ray_compat.py fails, naming the attribute,
+when an installed Ray no longer has one of them. Each function says why no public API serves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+    from ray.tune.search.optuna import OptunaSearch
+
+RAY_VERSION_WRITTEN_AGAINST = "2.60"
+
+
+def ray_start_address() -> str | None:
+    """The GCS address of the cluster `ray start` began on this machine, or None.
+
+    `ray._private.utils.read_ray_address` (Ray 2.60) reads the file `ray start` writes into Ray's temp
+    folder; `ray.init(address="auto")` reads it too, but then joins the cluster (and hangs on a stale
+    address) instead of telling the caller where it is. No public API returns it.
+    """
+    import ray._private.utils as ray_utils  # looked up at call time: tests replace the function
+
+    found: str | None = ray_utils.read_ray_address()
+    return found or None
+
+
+def optuna_study(searcher: OptunaSearch) -> optuna.Study:
+    """The Optuna study behind Ray's `OptunaSearch` (its private `_ot_study`, Ray 2.60).
+
+    A searcher that tells Optuna more than Ray does (a constraint, a FAIL state) must call
+    `study.tell` itself; `OptunaSearch` offers no accessor for its study.
+    """
+    study: optuna.Study | None = searcher._ot_study
+    assert study is not None, "OptunaSearch has no study yet: it is created when the search space is set"
+    return study
+
+
+def untold_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial | None:
+    """The Optuna trial `searcher` asked for Tune trial `trial_id`, unless Optuna was already told how it
+    ended (or it was never asked): None then. Reads `_ot_trials` and `_completed_trials` (Ray 2.60),
+    the bookkeeping `OptunaSearch.on_trial_complete` keeps and exposes no other way."""
+    if trial_id in searcher._completed_trials or trial_id not in searcher._ot_trials:
+        return None
+    trial: optuna.Trial = searcher._ot_trials[trial_id]
+    return trial
+
+
+def mark_told(searcher: OptunaSearch, trial_id: str) -> None:
+    """Record that Optuna was told how `trial_id` ended, as `OptunaSearch.on_trial_complete` does
+    (`_completed_trials`, Ray 2.60), so a second completion of the trial is ignored."""
+    searcher._completed_trials.add(trial_id)
+
+
+def latest_checkpoint_result(trial: Trial) -> _TrainingResult | None:
+    """The (checkpoint, metrics) Tune would restore `trial` from: its checkpoint manager's latest result.
+
+    Reads `trial.run_metadata.checkpoint_manager` (Ray 2.60). `Trial.latest_checkpoint_result` also
+    answers with the checkpoint of `tune.run(restore=...)`, which is not the trial's own bookkeeping.
+    """
+    manager = trial.run_metadata.checkpoint_manager
+    return None if manager is None else manager.latest_checkpoint_result
+
+
+def checkpoint_results(trial: Trial) -> list[_TrainingResult]:
+    """Every checkpoint result Tune keeps for `trial` (the manager's `_checkpoint_results`, Ray 2.60)."""
+    return list(_manager(trial)._checkpoint_results)
+
+
+def set_checkpoint_results(trial: Trial, results: list[_TrainingResult], latest: _TrainingResult | None) -> None:
+    """Make Tune keep `results` for `trial` and restore it from `latest` (None: from no checkpoint, so
+    the trial starts over), and make the next experiment state save that.
+
+    Sets the manager's `_checkpoint_results` and `_latest_checkpoint_result` and drops the trial's cached
+    JSON state (Ray 2.60). Tune has no API to point a trial at another checkpoint: a checkpoint it
+    already deleted (search/checkpoints.py) would otherwise fail every retry of the trial.
+    """
+    manager = _manager(trial)
+    manager._checkpoint_results = list(results)
+    manager._latest_checkpoint_result = latest
+    _invalidate(trial)
+
+
+def checkpoint_result(like: _TrainingResult, checkpoint: Checkpoint, metrics: dict[str, object]) -> _TrainingResult:
+    """A copy of the checkpoint result `like` for another checkpoint and metrics (`_TrainingResult` is
+    private to Ray Train, Ray 2.60; copying keeps whatever else it carries)."""
+    import copy
+
+    result = copy.copy(like)
+    result.checkpoint = checkpoint
+    result.metrics = metrics
+    return result
+
+
+def raise_checkpoint_index(trial: Trial, index: int) -> None:
+    """Make the trial's next checkpoint be written after `checkpoint_<index>`, never over it.
+
+    Sets `trial.storage.current_checkpoint_index` (Ray Train's private StorageContext, Ray 2.60), the
+    counter that names the next `checkpoint_N`; Tune sets it only from its own saved state.
+    """
+    storage = trial.storage
+    assert storage is not None, f"trial {trial.trial_id} has no storage context"
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
+    _invalidate(trial)
+
+
+def _manager(trial: Trial) -> _CheckpointManager:
+    """The trial's checkpoint manager (Tune creates it with the trial)."""
+    manager = trial.run_metadata.checkpoint_manager
+    assert manager is not None, f"trial {trial.trial_id} has no checkpoint manager"
+    return manager
+
+
+def _invalidate(trial: Trial) -> None:
+    """Tune caches a trial's saved form: the next experiment state must hold the changed bookkeeping."""
+    trial.invalidate_json_state()
+    trial.run_metadata.invalidate_cache()

@@ -1,0 +1,79 @@
+"""The record of a search: where it lives (Tune directory, MLflow experiment and parent run) and what it ran.
+
+The driver writes it into the search's Tune directory before the Tuner starts; `precrop reconcile
+SEARCH_DIR` reads it back to find the search's runs again. Passwords in URIs are masked on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from precrop.errors import UserError
+from search.config import ExperimentConfig, parse_config
+from search.study import Study
+from search.tracking import redact_uri
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+RECORD_FILE = "precrop-search.json"
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """One search: its name, Tune directory, tracking URI, MLflow experiment and parent run, its config
+    (as a plain dict) and, for a study, its grid."""
+
+    name: str
+    path: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    config: dict[str, Any]
+    study: dict[str, Any] | None = None
+
+    def experiment_config(self) -> ExperimentConfig:
+        """The search's config."""
+        return parse_config(self.config)
+
+    def study_grid(self) -> Study | None:
+        """The study's grid, for a study."""
+        if self.study is None:
+            return None
+        grid = self.study
+        return Study(str(grid["kind"]), str(grid["dimension"]), tuple(grid["values"]), tuple(grid["budgets"]),
+                     tuple(grid["seeds"]), grid.get("out_dir"))  # fmt: skip
+
+
+def write_record(record: SearchRecord) -> None:
+    """Save the record into the search's Tune directory (local or remote storage)."""
+    text = json.dumps(dataclasses.asdict(record), indent=2) + "\n"
+    fs, path = storage_filesystem(record.path)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{RECORD_FILE}") as stream:
+        stream.write(redact_uri(text).encode())
+
+
+def read_record(search_dir: str) -> SearchRecord:
+    """The record of the search kept in `search_dir`; UserError when it holds none."""
+    fs, path = storage_filesystem(search_dir.rstrip("/"))
+    try:
+        with fs.open_input_stream(f"{path}/{RECORD_FILE}") as stream:
+            data = json.loads(stream.readall().decode())
+        return SearchRecord(**data)
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a JSON that is not a record
+        raise UserError(f"{search_dir} is not a search directory (no readable {RECORD_FILE})") from exc
+
+
+def storage_filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem and the path on it (local paths and URIs such as s3://, as Tune uses)."""
+    import pyarrow.fs
+
+    if "://" in path:
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        return fs, str(inner)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
