@@ -36,6 +36,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed both take seeds in [0, 2**32)
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a random seed, an integer in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text[:40]!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
 def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[OneLineErrorParser]]:
     """The top-level `precrop` parser and its (empty) sub-command set."""
     parser = OneLineErrorParser(prog="precrop", description="Structured pruning of CNNs at initialization.")
@@ -68,7 +82,8 @@ def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser
     alloc.add_argument("--params", type=float, help="parameter budget as a fraction of the dense model")
     alloc.add_argument("--allocator", default="synexp", choices=tuple(METHODS), metavar="METHOD",
                        help=f"one of {', '.join(METHODS)} (default synexp: PreCrop/PreConfig)")  # fmt: skip
-    alloc.add_argument("--seed", type=int, default=0, help="seed of the dense model mask methods, pfs, prunenet score")
+    alloc.add_argument("--seed", type=seed_int, default=0,
+                       help="seed of the dense model mask methods, pfs, prunenet score")
     alloc.add_argument("--variant", default="gp", help="channel mapping: gp (default), fit or internal")
     alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
     alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")

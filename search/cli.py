@@ -166,7 +166,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         if ":***@" in uri:
             raise UserError("the search's tracking URI was saved without its password: pass --tracking-uri")
         tracking.bound_http_retries()
-        client = tracking.client_for(uri)
+        client = tracking.client_for(uri, create=False)
         record = dataclasses.replace(with_parent_run(client, record), tracking_uri=uri)
         finish_search(client, record, record.experiment_config(), record.study_grid(), by_hand=True)
         return 0
@@ -182,7 +182,8 @@ def _run_pareto(args: argparse.Namespace) -> int:
     from search.config import default_tracking_uri
     from search.pareto import front_rows, pareto_front, search_trials
 
-    client = tracking.client_for(tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri()))
+    uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
+    client = tracking.client_for(uri, create=False)
     records = search_trials(client, args.experiment, args.search)
     front = pareto_front(records, args.cost)
     if args.json:
@@ -202,7 +203,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from search.models import register
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
-    client = tracking.client_for(uri)
+    client = tracking.client_for(uri, create=False)
     done = export_run(client, args.run_id, args.format, args.output)
     print(f"wrote {done.path} ({done.size_bytes / 1e6:.2f} MB); max |export - pytorch| = {done.check.max_abs_diff:.2e} "
           f"on random batches of {', '.join(map(str, done.check.batch_sizes))}")  # fmt: skip

@@ -32,7 +32,7 @@ def run_study_report(config: ExperimentConfig, kind: str, out_dir: str | None) -
         check_writable_dir(out_dir, "--out")
     tracking.bound_http_retries()
     uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
-    client = tracking.client_for(uri)
+    client = tracking.client_for(uri, create=False)
     experiment = tracking.experiment_id(client, config.experiment_name, create=False)
     parent = latest_finished_study(client, experiment, config.name, kind)
     runs = tracking.trial_runs(client, experiment, parent.info.run_id)

@@ -98,13 +98,38 @@ def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
     return uri
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder a local tracking URI names (sqlite:///, file:, or a bare path), else None."""
+    if uri.startswith("sqlite:///"):  # sqlite:///relative.db or sqlite:////absolute.db
+        return Path(uri[len("sqlite:///") :])
+    if uri.startswith("file:"):
+        return Path(uri[len("file:") :].removeprefix("//"))
+    if "://" not in uri and ("/" in uri or uri.startswith(".")):  # not a scheme-less name such as "databricks"
+        return Path(uri)
+    return None
+
+
+def require_existing_store(uri: str) -> None:
+    """TrackingError when `uri` names a local store (sqlite file, file store folder) that does not exist."""
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        where = str(path)[:300]
+        raise TrackingError(f"no MLflow tracking store at {where} (this command only reads; nothing was created)")
+
+
 def lazy_client(uri: str) -> MlflowClient:
     """A client for `uri` that has sent no request yet (trials and callbacks must not fail on creating it)."""
     return MlflowClient(tracking_uri=uri)
 
 
-def client_for(uri: str) -> MlflowClient:
-    """A client for `uri` that has answered one request (else TrackingError naming the URI)."""
+def client_for(uri: str, create: bool = True) -> MlflowClient:
+    """A client for `uri` that has answered one request (else TrackingError naming the URI).
+
+    With `create=False` (commands that only read: pareto, export, reconcile, study --report) a local
+    store that does not exist is an error: MLflow would otherwise create its folder and an empty database.
+    """
+    if not create:
+        require_existing_store(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from precrop.cli import OneLineErrorParser, positive_int
+from precrop.cli import OneLineErrorParser, positive_int, seed_int
 from precrop.errors import UserError
+from precrop.fileio import check_writable_dir
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import dense_plan
 from precrop.width.plan import WidthPlan
@@ -40,7 +41,7 @@ def add_train_command(commands: argparse._SubParsersAction[OneLineErrorParser]) 
     train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     train.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
     train.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--seed", type=seed_int, default=defaults.seed)
     train.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu, cuda[:N]")
     train.add_argument("--compile", action="store_true", help="torch.compile the model")
     train.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
@@ -114,6 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
     elif args.resume:
         print(f"nothing to resume in {out} (no train_state.pt): starting from epoch 1", flush=True)
     print(_describe(plan, trainer), flush=True)
+    _create(out)
 
     def report(metrics: Metrics, train_state: TrainState) -> None:
         print(format_progress(metrics, config.epochs), flush=True)
@@ -167,16 +169,23 @@ def _describe(plan: WidthPlan, trainer: Trainer) -> str:
 
 
 def _output_dir(args: argparse.Namespace) -> Path | None:
+    """The run directory -o names, checked but not created: a rejected command leaves no folder behind."""
     if args.output is None:
         if args.resume:
             raise UserError("--resume needs -o DIR (the run directory to continue)")
         return None
-    out = Path(args.output)
+    check_writable_dir(args.output, "output directory")
+    return Path(args.output)
+
+
+def _create(out: Path | None) -> None:
+    """Create the run directory, once everything it will hold has been checked."""
+    if out is None:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output directory {out}: {exc.strerror}") from exc
-    return out
 
 
 def main() -> int:

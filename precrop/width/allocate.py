@@ -29,6 +29,11 @@ class BudgetError(UserError):
     """A budget or option the allocator cannot honour."""
 
 
+# The widest growth PreConfig may ask for. Each group's allowed widths run up to expand x base in steps of
+# the divisor, so an unbounded expand (1e9) made allocation build billions of choices and hang.
+MAX_EXPAND = 16.0
+
+
 @dataclass(frozen=True)
 class AllocationRequest:
     """What to allocate: budgets as fractions of the dense cost, and the width rules.
@@ -64,8 +69,8 @@ class AllocationRequest:
             raise BudgetError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.divisor < 1 or self.min_width < 1:
             raise BudgetError("divisor and min width must be positive integers")
-        if not math.isfinite(self.expand) or self.expand < 1:
-            raise BudgetError(f"expand must be >= 1, got {self.expand}")
+        if not math.isfinite(self.expand) or not 1 <= self.expand <= MAX_EXPAND:
+            raise BudgetError(f"expand must be in [1, {MAX_EXPAND:g}], got {self.expand:g}")
         if not 0 < self.d_min <= 1:
             raise BudgetError(f"d_min must be in (0, 1], got {self.d_min}")
         if self.density_solver not in ("closed_form", "cvxpy"):

@@ -70,6 +70,8 @@ def test_table_output_shows_base_and_new_widths(capsys: pytest.CaptureFixture[st
         (["--params", "0.0001"], "minimum widths"),
         (["--macs", "0.5", "--variant", "nope"], "unknown variant 'nope'"),
         (["--macs", "0.5", "--scale", "0.5"], "not both"),
+        (["--expand", "1e9", "--scale", "1e8"], "expand must be in [1, 16]"),  # hung building 1e9-wide choices
+        (["--macs", "0.5", "--allocator", "erk", "--seed", "-1"], "expected a seed from 0 to 4294967295"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args: list[str], needle: str, tmp_path: Path) -> None:

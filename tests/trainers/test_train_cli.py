@@ -97,6 +97,32 @@ def test_user_errors_are_one_line_with_exit_2(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--plan", "plan.json", "--dataset", "digits"], "is for 3x32x32 inputs"),  # checked after loading data
+        (["--arch", "cifar_resnet20", "--dataset", "imagefolder", "--data-dir", "nowhere"], "does not exist"),
+        (["--plan", "missing.json", "--dataset", "digits"], "cannot read plan missing.json"),
+        (["--arch", "cifar_resnet20", "--dataset", "digits", "--seed", "-5"], "expected a seed"),
+    ],
+)
+def test_a_rejected_run_leaves_no_output_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """-o is checked up front but created only once the data, plan and recipe have all been accepted."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["allocate", "cifar_resnet20", "--macs", "0.5", "-o", "plan.json"]) == 0
+    capsys.readouterr()
+    try:
+        code = main(["train", *args, "--epochs", "1", "-o", "out/run"])
+    except SystemExit as exit_:  # argparse rejects a value by exiting
+        code = int(exit_.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
 def test_plan_for_other_input_size_is_refused(tmp_path: Path) -> None:
     plan_file = tmp_path / "plan.json"
     assert main(["allocate", "cifar_resnet20", "--macs", "0.5", "-o", str(plan_file)]) == 0
