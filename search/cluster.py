@@ -21,6 +21,10 @@ def init_ray(config: ExperimentConfig) -> bool:
             # trials print nothing useful; their errors reach the driver through Tune
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
             return True
+        if address != "auto" and not _answers(address):
+            # Ray would retry (this machine's other addresses too) for minutes before giving up
+            raise ConfigError(f"ray.address {address!r}: nothing answers there (is the cluster up? `ray start --head` "
+                              "prints its address; pass --address local for an embedded Ray)")  # fmt: skip
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
@@ -51,8 +55,8 @@ def ray_address(config: ExperimentConfig) -> str | None:
 
 
 def _answers(address: str) -> bool:
-    """Whether HOST:PORT accepts a TCP connection within 2 s."""
-    host, _, port = address.rpartition(":")
+    """Whether HOST:PORT (or ray://HOST:PORT, Ray Client's form) accepts a TCP connection within 2 s."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=2):
             return True
