@@ -21,6 +21,16 @@ from typing import Any
 import yaml
 
 from precrop.errors import UserError
+from search.config_limits import (
+    MAX_NAME,
+    NAME_PATTERN,
+    ConfigLimitError,
+    clip,
+    first_text_problem,
+    load_yaml,
+    read_config_text,
+    shown,
+)
 from search.schema import COST_METRICS, Metric
 
 COST_OBJECTIVES = COST_METRICS
@@ -29,6 +39,16 @@ SAMPLERS = ("tpe", "nsga2")
 ASHA_MODES = ("pareto", "accuracy")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "PRECROP_STORAGE_PATH"
+# ranges validate() enforces beyond the types (README's config table and docs/security.md list them)
+MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
+MAX_EXPAND = 16  # build_from_plan refuses a group wider than 16x its base width
+MIN_CPU, MAX_CPU = 0.1, 1024  # per trial; below 0.1 Ray would pack more than 10 trials onto one CPU
+MIN_GPU = 0.01  # per trial, when not 0: at most 100 trials share one GPU
+MAX_COUNT = {"search.trials": 100_000, "search.concurrency": 10_000, "space.epochs": 100_000,
+             "space.divisor": 4096, "space.min_width": 4096, "objectives.latency_batch": 4096,
+             "data.image_size": 4096, "ray.max_failures": 100}  # fmt: skip
+MAX_BATCH = 65_536
+MAX_EXPERIMENT = 200  # characters of mlflow.experiment
 
 
 class ConfigError(UserError):
@@ -176,19 +196,21 @@ class ExperimentConfig:
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML config, apply `key.path=value` overrides, and validate it."""
+    """Read a YAML config, apply `key.path=value` overrides, and validate it (config_limits bounds the YAML)."""
+    where = clip(str(path))
     try:
-        text = Path(path).read_text()
+        text = read_config_text(path)
+        raw = load_yaml(text)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text)
+        raise ConfigError(f"cannot read config {where}: {exc.strerror}") from exc
+    except ConfigLimitError as exc:
+        raise ConfigError(f"config {where} {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{where} is not valid YAML: {clip(str(exc).splitlines()[0], 160)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{where} must hold a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
     config = parse_config(raw)
@@ -210,9 +232,11 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set one `a.b.c=value` (value parsed as YAML) in the raw mapping, creating sections as needed."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key.path=value, got {override!r}")
+        raise ConfigError(f"--set expects key.path=value, got {shown(override)}")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
+    except ConfigLimitError as exc:
+        raise ConfigError(f"--set {clip(key)}: the value {exc}") from None
     except yaml.YAMLError:
         value = text
     parts = key.strip().split(".")
@@ -220,7 +244,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"--set {clip(key)}: {clip('.'.join(parts[: i + 1]))} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -232,13 +256,13 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
 
 def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path or 'config'} must be a mapping, got {raw!r}")
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key {where!r} (allowed here: {', '.join(names)})")
+            raise ConfigError(f"unknown key {shown(where)} (allowed here: {', '.join(names)})")
     values = {k: _parse_value(hints[k], v, f"{path}.{k}" if path else k) for k, v in raw.items()}
     return cls(**values)
 
@@ -262,7 +286,7 @@ def _parse_value(kind: Any, value: Any, path: str) -> Any:
         if len(items) == 1:
             items = items * len(args)
         if len(items) != len(args):
-            raise ConfigError(f"{path} must be [low, high] or one number, got {value!r}")
+            raise ConfigError(f"{path} must be [low, high] or one number, got {shown(value)}")
         return tuple(_parse_value(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, items, strict=True)))
     return _parse_scalar(kind, value, path)
 
@@ -271,11 +295,11 @@ def _parse_scalar(kind: type, value: Any, path: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path} must be true or false, got {value!r}")
+        raise ConfigError(f"{path} must be true or false, got {shown(value)}")
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{path} must be an integer, got {value!r}")
+        raise ConfigError(f"{path} must be an integer, got {shown(value)}")
     if kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -284,13 +308,13 @@ def _parse_scalar(kind: type, value: Any, path: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path} must be a number, got {value!r}")
+        raise ConfigError(f"{path} must be a number, got {shown(value)}")
     if kind is str:
         if isinstance(value, str):
             return value
         if isinstance(value, bool):  # YAML 1.1 reads a bare yes/no (on/off) as a boolean
             return "yes" if value else "no"
-        raise ConfigError(f"{path} must be a string, got {value!r}")
+        raise ConfigError(f"{path} must be a string, got {shown(value)}")
     raise AssertionError(f"unsupported config type {kind} at {path}")
 
 
@@ -305,32 +329,55 @@ def validate(config: ExperimentConfig) -> None:
     from trainers.datasets import dataset_names
     from trainers.recipe import SCHEDULES
 
-    _require(bool(config.name.strip()) and "/" not in config.name, "name", "must be a non-empty name without '/'")
+    _validate_texts(config)
     _choice("model.arch", config.model.arch, REGISTRY.names())
     _choice("data.name", config.data.name, dataset_names())
     _require(0 < config.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     _choice("data.resident", config.data.resident, ("auto", "yes", "no"))
     subset = config.data.train_subset
     _require(subset is None or subset >= 1, "data.train_subset", "must be a positive number of images")
+    if config.data.image_size is not None:
+        _count("data.image_size", config.data.image_size)
     _validate_space(config.space, list(METHODS), VARIANTS, SCHEDULES)
     _choice("objectives.cost", config.objectives.cost, COST_OBJECTIVES)
-    _require(config.objectives.latency_batch >= 1, "objectives.latency_batch", "must be at least 1")
+    _count("objectives.latency_batch", config.objectives.latency_batch)
     search = config.search
-    _require(search.trials >= 1, "search.trials", "must be at least 1")
-    _require(search.concurrency >= 1, "search.concurrency", "must be at least 1")
+    _count("search.trials", search.trials)
+    _count("search.concurrency", search.concurrency)
     _choice("search.sampler", search.sampler, SAMPLERS)
-    _require(_finite(config.resources.cpu) and config.resources.cpu > 0, "resources.cpu", "must be positive")
-    _require(0 <= config.resources.gpu <= 1, "resources.gpu", "must be a GPU fraction in [0, 1]")
+    _require(0 <= search.seed <= MAX_SEED, "search.seed", f"must be in 0..{MAX_SEED}, got {shown(search.seed)}")
+    cpu, gpu = config.resources.cpu, config.resources.gpu
+    _require(MIN_CPU <= cpu <= MAX_CPU, "resources.cpu", f"must be {MIN_CPU:g} to {MAX_CPU} CPUs a trial, got {cpu:g}")
+    _require(0 <= gpu <= 1, "resources.gpu", "must be a GPU fraction in [0, 1]")
+    _require(gpu == 0 or gpu >= MIN_GPU, "resources.gpu", f"must be 0 or at least {MIN_GPU:g}, got {gpu:g}")
     _validate_asha(config.asha, config.space.epochs)
     if config.mlflow.tracking_uri is not None:
         _check_tracking_uri(config.mlflow.tracking_uri, "mlflow.tracking_uri")
-    _require(config.ray.max_failures >= 0, "ray.max_failures", "must be 0 or more")
+    _count("ray.max_failures", config.ray.max_failures, low=0)
     every = config.ray.checkpoint_every_s
     _require(_finite(every) and every >= 0, "ray.checkpoint_every_s", "must be 0 (every epoch) or more seconds")
     wait = config.ray.gpu_wait_s
     _require(_finite(wait) and wait >= 0, "ray.gpu_wait_s", "must be 0 or more seconds")
     if config.ray.storage_path is not None:
         _require(bool(config.ray.storage_path.strip()), "ray.storage_path", "must not be empty")
+
+
+def _validate_texts(config: ExperimentConfig) -> None:
+    """Every string bounded; `name` a short plain name (an MLflow tag in search filters, a directory name)."""
+    _require(
+        NAME_PATTERN.fullmatch(config.name) is not None,
+        "name",
+        f"must be 1 to {MAX_NAME} letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+        f"got {shown(config.name)}",
+    )
+    found = first_text_problem(config.to_dict(), {"mlflow.experiment": MAX_EXPERIMENT})
+    if found is not None:
+        raise ConfigError(f"{found[0]}: {found[1]}")
+
+
+def _count(key: str, value: int, low: int = 1) -> None:
+    high = MAX_COUNT[key]
+    _require(low <= value <= high, key, f"must be {low} to {high}, got {shown(value)}")
 
 
 def _validate_asha(asha: AshaConfig, epochs: int) -> None:
@@ -380,7 +427,9 @@ def _validate_space(
     for i, name in enumerate(space.allocators):
         _choice(f"space.allocators[{i}]", name, allocators)
     _choice("space.budget_metric", space.budget_metric, ("macs", "params"))
-    _require(_finite(space.expand) and space.expand >= 1, "space.expand", "must be >= 1 (1 = PreCrop)")
+    expand = space.expand
+    why = f"must be in [1, {MAX_EXPAND}] (1 = PreCrop), got {expand:g}"
+    _require(1 <= expand <= MAX_EXPAND, "space.expand", why)
     low, high = space.budget
     if space.expand == 1:
         ok = 0 < low <= high <= 1
@@ -391,13 +440,14 @@ def _validate_space(
         ok = 0 < low <= high <= space.expand
         _require(ok, "space.budget", f"must lie in (0, expand={space.expand}] for PreConfig, got {list(space.budget)}")
     _choice("space.variant", space.variant, variants)
-    _require(space.divisor >= 1 and space.min_width >= 1, "space.divisor", "divisor and min_width must be >= 1")
+    _count("space.divisor", space.divisor)
+    _count("space.min_width", space.min_width)
     _range("space.lr", space.lr, positive=True)
     _range("space.weight_decay", space.weight_decay, positive=False)
     _range("space.label_smoothing", space.label_smoothing, positive=False, upper=1.0)
     for i, size in enumerate(space.batch_size):
-        _require(size >= 1, f"space.batch_size[{i}]", "must be at least 1")
-    _require(space.epochs >= 1, "space.epochs", "must be at least 1")
+        _require(1 <= size <= MAX_BATCH, f"space.batch_size[{i}]", f"must be 1 to {MAX_BATCH}, got {shown(size)}")
+    _count("space.epochs", space.epochs)
     _choice("space.schedule", space.schedule, schedules)
     _require(0 <= space.warmup_epochs <= space.epochs, "space.warmup_epochs", "must be in [0, epochs]")
 
@@ -415,7 +465,7 @@ def _range(key: str, bounds: tuple[float, float], positive: bool, upper: float =
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
-    _require(value in allowed, key, f"unknown value {value!r} (choose from {', '.join(allowed)})")
+    _require(value in allowed, key, f"unknown value {shown(value)} (choose from {', '.join(allowed)})")
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -77,12 +77,15 @@ class Study:
         return [(a, v, b) for a in allocators for v in variants for b in self.budgets]
 
 
+MAX_SEEDS = 100  # a study trains every cell once per seed: more than this is a typo, not a study
+
+
 def make_study(
     kind: str, budgets: Sequence[float], seeds: int, out_dir: str | None = None, allocators: Sequence[str] = ()
 ) -> Study:
     """The study `kind` at these budgets, over seeds 0..seeds-1 (`allocators`: the baselines compared)."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds must be from 1 to {MAX_SEEDS}, got {seeds}")
     if out_dir is not None:
         check_writable_dir(out_dir, "--out")
     if not budgets:

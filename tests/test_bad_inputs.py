@@ -37,6 +37,7 @@ class Case:
     setup: Setup | None = None
     subprocess: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    untouched: bool = False  # refused before MLflow is touched: not even mlflow.db may appear
 
 
 def _config(**sections: object) -> Setup:
@@ -60,6 +61,18 @@ def _files(**contents: str) -> Setup:
             (folder / name).write_text(text)
 
     return write
+
+
+def _bytes(name: str, data: bytes) -> Setup:
+    def write(folder: Path) -> None:
+        (folder / name).write_bytes(data)
+
+    return write
+
+
+# a "billion laughs" config: 9 levels of 10 aliases each, 10**9 values once expanded
+LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else ', '.join(['lol'] * 10)}]\n"
+                 for i in range(9)) + "model: *l8\n"  # fmt: skip
 
 
 def _image_folder(classes: int) -> Setup:
@@ -103,6 +116,12 @@ def _run_without_weights(folder: Path) -> None:
     run = client.create_run(experiment, run_name="no-weights")
     client.set_terminated(run.info.run_id, "FAILED")
     (folder / "run_id.txt").write_text(run.info.run_id)
+
+
+def _empty_tracking_store(folder: Path) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
 
 
 def _free_port() -> int:
@@ -187,14 +206,43 @@ CASES = [
     Case("GPU fraction above 1", SEARCH, ("resources.gpu: must be a GPU fraction in [0, 1]",),
          _config(resources={"gpu": 1.5})),
     Case("study with no seeds", ("study", "granularity", "config.yaml", "--seeds", "0"),
-         ("--seeds must be at least 1",), _config()),
+         ("--seeds must be from 1 to 100, got 0",), _config()),
+    Case("study with a billion seeds", ("study", "granularity", "config.yaml", "--seeds", "1000000000"),
+         ("--seeds must be from 1 to 100",), _config()),
+    Case("ray address with nothing listening", (*SEARCH, "--address", f"127.0.0.1:{_free_port()}"),
+         ("nothing answers there",), _config()),
     Case("resume of a search that never ran", (*SEARCH, "--resume"), ("nothing to resume",), _config()),
     Case("export of a run that has no weights", ("export", "RUN_ID", "--format", "onnx"),
          ("has no final weights",), _run_without_weights),
     Case("export of an unknown run", ("export", "0123456789abcdef", "--format", "onnx"),
-         ("no MLflow run '0123456789abcdef'",)),
+         ("no MLflow run '0123456789abcdef'",), _empty_tracking_store),
+    Case("export without a tracking store", ("export", "0123456789abcdef", "--format", "onnx"),
+         ("no MLflow tracking store at", "nothing was created"), untouched=True),
     Case("bad tracking URI in the environment", ("pareto", "--experiment", "x"),
          ("MLFLOW_TRACKING_URI: must be sqlite:///FILE",), env={"MLFLOW_TRACKING_URI": "ftp://somewhere"}),
+    Case("YAML alias bomb", SEARCH, ("holds more than 10000 values once its YAML aliases are expanded",),
+         _files(**{"config.yaml": LAUGHS}), untouched=True),
+    Case("YAML alias bomb in --set", (*SEARCH, "--set", "model=" + "[" + LAUGHS.replace("\n", ",")[:-1] + "]"),
+         ("--set model: the value holds more than 10000 values",), _config(), untouched=True),
+    Case("config nested too deep", SEARCH, ("nests deeper than 50 levels",),
+         _files(**{"config.yaml": "model: " + "[" * 5000 + "]" * 5000}), untouched=True),
+    Case("config that is not UTF-8", SEARCH, ("config.yaml is not UTF-8 text (byte 0xff at offset 6)",),
+         _bytes("config.yaml", b"name: \xff\xfe tiny\n"), untouched=True),
+    Case("/dev/zero as the config", ("search", "/dev/zero"), ("config /dev/zero is larger than 1 MiB",),
+         untouched=True),
+    Case("NUL in the name", SEARCH, ("name: must be 1 to 100 letters", "got 'a\\x00b'"), _config(name="a\0b"),
+         untouched=True),
+    Case("quote in the name", SEARCH, ("name: must be 1 to 100 letters",), _config(name="it's"), untouched=True),
+    Case("300-character name", SEARCH, ("name: must be", "... (302 characters)"), _config(name="n" * 300),
+         untouched=True),
+    Case("long value echoed in an error", SEARCH, ("model.arch: unknown value 'aaa", "... (3002 characters)"),
+         _config(model={"arch": "a" * 3000}), untouched=True),
+    Case("negative seed", SEARCH, ("search.seed: must be in 0..4294967295, got -1",), _config(search={"seed": -1}),
+         untouched=True),
+    Case("tiny CPU fraction per trial", SEARCH, ("resources.cpu: must be 0.1 to 1024 CPUs a trial, got 0.001",),
+         _config(resources={"cpu": 0.001}), untouched=True),
+    Case("expand far beyond 16", (*SEARCH, "--set", "space.expand=1.0e9"), ("space.expand: must be in [1, 16]",),
+         _config(), untouched=True),
     Case("unreachable tracking URI", SEARCH, ("cannot reach MLflow tracking at http://127.0.0.1:",),
          _config(mlflow={"tracking_uri": f"http://127.0.0.1:{_free_port()}"}), subprocess=True),
 ]
@@ -240,7 +288,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def test_the_catalogue_is_large_enough() -> None:
-    assert len(CASES) >= 20
+    assert len(CASES) >= 55
     assert len({c.name for c in CASES}) == len(CASES)
 
 
@@ -268,6 +316,9 @@ def test_bad_input_fails_in_one_line(
     created = _snapshot(workdir) - before
     assert created <= {"mlflow.db"}, f"left behind: {sorted(created)}"
     assert _running_runs(workdir / "mlflow.db") == 0
+    assert len(lines[0]) < 1000, f"error line of {len(lines[0])} characters"
+    if case.untouched:
+        assert not created and not (workdir / "mlflow.db").exists() and not (workdir / "ray_results").exists()
 
 
 @pytest.mark.ray

@@ -181,6 +181,10 @@ def test_report_remakes_the_tables_of_the_latest_finished_study_from_mlflow(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_config(tmp_path, _tiny_study_config(["synexp"]), "tiny.yaml")
     args = ["study", "granularity", "tiny.yaml", "--report", "--set", f"mlflow.tracking_uri={uri}"]
+    assert main(args) == 2  # --report only reads: a missing database is reported, not created
+    assert capsys.readouterr().err.startswith(f"precrop: error: no MLflow tracking store at {tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists()
+    MlflowClient(uri).search_experiments()  # an empty database
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == "precrop: error: no MLflow experiment named 'tinystudy'"
     client = MlflowClient(uri)
