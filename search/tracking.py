@@ -125,7 +125,7 @@ def lazy_client(uri: str) -> MlflowClient:
 def client_for(uri: str, create: bool = True) -> MlflowClient:
     """A client for `uri` that has answered one request (else TrackingError naming the URI).
 
-    With `create=False` (commands that only read: pareto, export, reconcile, study --report) a local
+    With `create=False` (commands that only read: pareto, export, study --report) a local
     store that does not exist is an error: MLflow would otherwise create its folder and an empty database.
     """
     if not create:

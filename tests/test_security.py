@@ -39,7 +39,9 @@ def test_every_torch_load_is_weights_only() -> None:
         assert isinstance(value, ast.Constant) and value.value is True, f"{path}:{call.lineno}"
 
 
-@pytest.mark.parametrize("unsafe", ["pickle.load", "pickle.loads", "yaml.load", "torch.jit.load"])
+@pytest.mark.parametrize(
+    "unsafe", ["pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "torch.jit.load"]
+)
 def test_no_unrestricted_deserializers(unsafe: str) -> None:
     allowed = {"torch.jit.load": {"search/export.py"}}  # reads back the TorchScript file it just wrote
     for path, call in _calls(unsafe):
@@ -129,6 +131,17 @@ def test_the_mlflow_server_script_refuses_every_interface(tmp_path: Path) -> Non
 
 
 def test_the_deserializer_scan_finds_what_it_looks_for() -> None:
-    """The scan above is not vacuous: it sees the one allowed torch.jit.load and the safe yaml loader."""
+    """The scan above is not vacuous: it sees the one allowed torch.jit.load."""
     assert [str(p.relative_to(ROOT)) for p, _ in _calls("torch.jit.load")] == ["search/export.py"]
-    assert _calls("yaml.safe_load")
+
+
+def test_configs_are_read_by_a_safe_yaml_loader() -> None:
+    """The one YAML reader (search/config_limits.py) composes with a SafeLoader: no Python objects from YAML."""
+    import yaml
+
+    from search.config_limits import _BoundedLoader, load_yaml
+
+    assert issubclass(_BoundedLoader, yaml.SafeLoader)
+    assert not issubclass(_BoundedLoader, yaml.FullLoader | yaml.UnsafeLoader)
+    with pytest.raises(yaml.constructor.ConstructorError):
+        load_yaml("!!python/object/apply:os.system ['true']")
