@@ -41,7 +41,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "PRECROP_STORAGE_PATH"
 # ranges validate() enforces beyond the types (README's config table and docs/security.md list them)
 MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
-MAX_EXPAND = 16  # build_from_plan refuses a group wider than 16x its base width
 MIN_CPU, MAX_CPU = 0.1, 1024  # per trial; below 0.1 Ray would pack more than 10 trials onto one CPU
 MIN_GPU = 0.01  # per trial, when not 0: at most 100 trials share one GPU
 MAX_COUNT = {"search.trials": 100_000, "search.concurrency": 10_000, "space.epochs": 100_000,
@@ -426,6 +425,8 @@ def _validate_space(
 ) -> None:
     for i, name in enumerate(space.allocators):
         _choice(f"space.allocators[{i}]", name, allocators)
+    from precrop.width.allocate import MAX_EXPAND  # the one bound on growth, shared with the allocator
+
     _choice("space.budget_metric", space.budget_metric, ("macs", "params"))
     expand = space.expand
     why = f"must be in [1, {MAX_EXPAND}] (1 = PreCrop), got {expand:g}"

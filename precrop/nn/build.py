@@ -11,6 +11,7 @@ from precrop.nn.surgery import resize_to_widths
 from precrop.nn.tracing import trace_layer_table
 from precrop.nn.zoo import REGISTRY
 from precrop.nn.zoo.inits import init_pytorch_default
+from precrop.width.allocate import MAX_EXPAND
 from precrop.width.costmodel import LayerTable
 from precrop.width.plan import PlanError, WidthPlan
 
@@ -25,7 +26,7 @@ def layer_table(
 
 
 # PreConfig grows groups by a few x at most; a plan asking for more is corrupt (or a memory bomb)
-MAX_WIDTH_RATIO = 16
+MAX_WIDTH_RATIO = MAX_EXPAND  # the widest an allocation may grow a group
 
 
 def check_plan_widths(plan: WidthPlan, base: Mapping[str, int]) -> None:

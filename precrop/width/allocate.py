@@ -31,7 +31,7 @@ class BudgetError(UserError):
 
 # The widest growth PreConfig may ask for. Each group's allowed widths run up to expand x base in steps of
 # the divisor, so an unbounded expand (1e9) made allocation build billions of choices and hang.
-MAX_EXPAND = 16.0
+MAX_EXPAND = 16
 
 
 @dataclass(frozen=True)
