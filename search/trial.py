@@ -120,7 +120,8 @@ class _Trial:
         epochs = trainer.config.epochs
         # a retry resumes from its last checkpoint, which may be epochs behind what the run has logged:
         # MLflow appends a second value at a logged step, so epochs already in the run are not logged again
-        logged = set() if fresh else self.log.call("reading logged epochs", tracking.logged_steps, Metric.VAL_ACC) or set()
+        earlier = None if fresh else self.log.call("reading logged epochs", tracking.logged_steps, Metric.VAL_ACC)
+        logged = earlier or set()
 
         def report(metrics: Metrics, state: TrainState) -> None:
             entered = time.perf_counter()
