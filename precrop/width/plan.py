@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -154,3 +155,14 @@ def _density(value: Any) -> float:
     if not 0 < density <= 1:
         raise PlanError(f"plan has a layer density {value!r} outside (0, 1]")
     return density
+
+
+def read_plan_file(path: str | Path) -> WidthPlan:
+    """Parse a plan file; a missing, unreadable, non-UTF-8 or malformed file is a PlanError naming it."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"plan {path} is not UTF-8 text (byte {exc.start})") from exc
+    return WidthPlan.from_json(text)
