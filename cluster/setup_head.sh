@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The head's setup (head_setup_commands): PostgreSQL for MLflow's runs, a bucket for Tune state and
-# MLflow artifacts, the environment a search reads (MLFLOW_TRACKING_URI, PRECROP_STORAGE_PATH), and the
-# MLflow server on the head's private address. No credentials: the database is reached over its local
-# socket as this user (peer authentication), object storage through the instance's role.
+# The head's setup (head_setup_commands): PostgreSQL for MLflow's runs and, in a second database, the
+# searches' Optuna studies; a bucket for Tune state and MLflow artifacts; the environment a search reads
+# (MLFLOW_TRACKING_URI, PRECROP_STORAGE_PATH, PRECROP_OPTUNA_STORAGE); and the MLflow server on the head's
+# private address. No credentials: the databases are reached over their local socket as this user (peer
+# authentication), object storage through the instance's role.
 #
 #   setup_head.sh aws|gcp [BUCKET_URL]     (default bucket: precrop-search-<account or project id>)
 set -euo pipefail
@@ -26,12 +27,16 @@ sudo systemctl enable --now postgresql
 user="$(whoami)"
 sudo -u postgres psql -tAc "SELECT 1 FROM pg_roles WHERE rolname='$user'" | grep -q 1 ||
     sudo -u postgres createuser "$user"
-sudo -u postgres psql -tAc "SELECT 1 FROM pg_database WHERE datname='mlflow'" | grep -q 1 ||
-    sudo -u postgres createdb -O "$user" mlflow
-# the database driver, the object-storage client MLflow's artifact proxy uses, and the autoscaler's cloud SDK
+# two databases: MLflow and Optuna both keep their schema revision in a table named alembic_version
+for database in mlflow optuna; do
+    sudo -u postgres psql -tAc "SELECT 1 FROM pg_database WHERE datname='$database'" | grep -q 1 ||
+        sudo -u postgres createdb -O "$user" "$database"
+done
+# the database driver, optuna-dashboard, the object-storage client MLflow's artifact proxy uses, and the
+# autoscaler's cloud SDK
 case "$cloud" in
-    aws) extras=(psycopg2-binary boto3) ;;
-    gcp) extras=(psycopg2-binary google-cloud-storage google-api-python-client) ;;
+    aws) extras=(psycopg2-binary optuna-dashboard boto3) ;;
+    gcp) extras=(psycopg2-binary optuna-dashboard google-cloud-storage google-api-python-client) ;;
 esac
 "$HOME/precrop-venv/bin/python" -m pip install --quiet --constraint "$here/constraints.txt" "${extras[@]}"
 
@@ -39,6 +44,7 @@ host="$(hostname -I | awk '{print $1}')"
 {
     echo "export MLFLOW_TRACKING_URI=http://$host:5000  # precrop-search"
     echo "export PRECROP_STORAGE_PATH=$bucket/ray_results  # precrop-search"
+    echo "export PRECROP_OPTUNA_STORAGE='postgresql+psycopg2://$user@/optuna?host=/var/run/postgresql'  # precrop-search"
     echo "export MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0  # precrop-search"
 } >"$HOME/.precrop-env"
 grep -qxF "source ~/.precrop-env" "$HOME/.bashrc" || echo "source ~/.precrop-env" >>"$HOME/.bashrc"

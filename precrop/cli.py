@@ -50,9 +50,22 @@ def seed_int(text: str) -> int:
     return value
 
 
+def package_version() -> str:
+    """The installed distribution's version, else the source tree's `precrop.__version__`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("precrop-search")
+    except PackageNotFoundError:
+        from precrop import __version__
+
+        return __version__
+
+
 def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[OneLineErrorParser]]:
-    """The top-level `precrop` parser and its (empty) sub-command set."""
+    """The top-level `precrop` parser (with --version) and its (empty) sub-command set."""
     parser = OneLineErrorParser(prog="precrop", description="Structured pruning of CNNs at initialization.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     return parser, commands
 
@@ -66,7 +79,9 @@ def add_precrop_commands(commands: argparse._SubParsersAction[OneLineErrorParser
 def add_info_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
     """Register `info`."""
     info = commands.add_parser("info", help="show a model's channel groups, layers and exact cost")
-    info.add_argument("arch", help="a built-in name (see `precrop info --list`) or torchvision:<name>")
+    info.add_argument("arch", nargs="?", help="a built-in name, torchvision:<name>, timm:<name> or "
+                      "module.path:callable (see `precrop info --list`)")  # fmt: skip
+    info.add_argument("--list", action="store_true", help="list the built-in names and the model sources")
     info.add_argument("--num-classes", type=positive_int, default=None, help="default: the arch's")
     info.add_argument("--input-size", type=positive_int, default=None, help="square input side")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -75,26 +90,49 @@ def add_info_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -
 def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> OneLineErrorParser:
     """Register `allocate` with every method of the registry; return its parser (trainers adds data options)."""
     from precrop.methods.registry import METHODS
+    from precrop.width.mapping import VARIANTS
 
     alloc = commands.add_parser("allocate", help="widths or weight masks for a params and/or MACs budget")
-    alloc.add_argument("arch")
+    alloc.add_argument("arch", help="a built-in name or a model source (see `precrop info --list`)")
     alloc.add_argument("--macs", type=float, help="MACs budget as a fraction of the dense model")
     alloc.add_argument("--params", type=float, help="parameter budget as a fraction of the dense model")
     alloc.add_argument("--allocator", default="synexp", choices=tuple(METHODS), metavar="METHOD",
                        help=f"one of {', '.join(METHODS)} (default synexp: PreCrop/PreConfig)")  # fmt: skip
-    alloc.add_argument("--seed", type=seed_int, default=0,
-                       help="seed of the dense model mask methods, pfs, prunenet score")
-    alloc.add_argument("--variant", default="gp", help="channel mapping: gp (default), fit or internal")
+    alloc.add_argument(
+        "--seed", type=seed_int, default=0, help="seed of the dense model mask methods, pfs, prunenet score"
+    )
+    alloc.add_argument("--variant", default="gp", choices=VARIANTS, type=one_of("variant", VARIANTS),
+                       help=f"channel mapping: {', '.join(VARIANTS)} (default gp)")  # fmt: skip
     alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
     alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")
     alloc.add_argument("--expand", type=float, default=1.0, help="PreConfig: groups may grow to U x base")
     alloc.add_argument("--scale", type=float, help="PreConfig: MACs budget = S x base (S may exceed 1)")
-    alloc.add_argument("--solver", default="closed_form", help="density program: closed_form or cvxpy")
+    solvers = density_solvers()
+    alloc.add_argument("--solver", default="closed_form", choices=solvers, type=one_of("density solver", solvers),
+                       help=f"density program: {', '.join(solvers)} (default closed_form)")  # fmt: skip
     alloc.add_argument("--num-classes", type=positive_int, default=None)
     alloc.add_argument("--input-size", type=positive_int, default=None)
     alloc.add_argument("--json", action="store_true", help="print the plan JSON")
     alloc.add_argument("-o", "--output", help="write the plan JSON to this file")
     return alloc
+
+
+def one_of(what: str, allowed: Sequence[str]) -> Callable[[str], str]:
+    """An argparse type for a fixed set of names: the error names the value and every choice."""
+
+    def check(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text[:80]!r}; choose one of {', '.join(allowed)}")
+        return text
+
+    return check
+
+
+def density_solvers() -> tuple[str, ...]:
+    """The density solvers AllocationRequest accepts."""
+    from precrop.width.allocate import DENSITY_SOLVERS
+
+    return DENSITY_SOLVERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,13 +168,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from precrop.inspect import describe, info_dict, render_info
+    from precrop.inspect import describe, info_dict, list_models, render_info
+    from precrop.nn.zoo import REGISTRY
 
+    if args.list:
+        print(list_models(as_json=args.json))
+        return 0
+    if args.arch is None:
+        raise UserError("info needs an architecture (a built-in name or a model source); `precrop info --list` "
+                        "lists them")  # fmt: skip
     table = describe(args.arch, num_classes=args.num_classes, input_size=args.input_size)
+    spec = REGISTRY.get(args.arch)
     if args.json:
-        print(json.dumps(info_dict(table)))
+        print(json.dumps(info_dict(table, spec)))
     else:
-        print(render_info(table))
+        print(render_info(table, spec))
     return 0
 
 

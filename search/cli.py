@@ -69,13 +69,23 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     pareto.add_argument("--search", help="only this search (its name, e.g. quickstart-20261121-101500)")
     pareto.add_argument("--json", action="store_true", help="print the front as JSON")
 
-    export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript")
-    export.add_argument("run_id", help="MLflow run id of a trial that trained to the end")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export = commands.add_parser(
+        "export", help="export a run's model, normalization included, to ONNX, torch.export (pt2) or TorchScript",
+        description="The exported model takes float32 NCHW RGB images in [0, 1] (uint8 / 255) at the plan's "
+        "input size and returns logits; the run's mean/std normalization is inside the graph (runs logged "
+        "before preprocess.json existed: the graph expects normalized input, and says so). See docs/deploy.md.",
+    )  # fmt: skip
+    export.add_argument("run_id", metavar="RUN", help="a trial that trained to the end: RUN_ID, runs:/RUN_ID or "
+                        "runs:/RUN_ID/model")  # fmt: skip
+    export.add_argument("--format", required=True, choices=("onnx", "pt2", "torchscript"),
+                        help="onnx (dynamic batch, metadata_props), pt2 (torch.export + torch.export.save, dynamic "
+                        "batch) or torchscript (traced; deprecated upstream, cannot be registered)")  # fmt: skip
     export.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    export.add_argument("-o", "--output", help="file to write (default: RUNID-ARCH.onnx|.pt)")
-    export.add_argument("--register", metavar="NAME", help="also register it in the MLflow Model Registry")
-    export.add_argument("--alias", default="candidate", help="alias for the registered version")
+    export.add_argument("-o", "--output", help="file to write (default: RUNID-ARCH.onnx|.pt2|.pt)")
+    export.add_argument("--register", metavar="NAME", help="also log it as an MLflow model of the run (onnx or "
+                        "pt2) and register it, for mlflow.pyfunc.load_model and mlflow models serve of "
+                        "models:/NAME@ALIAS")  # fmt: skip
+    export.add_argument("--alias", default="candidate", help="alias for the registered version (default candidate)")
 
 
 def _budgets(text: str) -> tuple[float, ...]:
@@ -196,20 +206,28 @@ def _run_pareto(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    """`precrop export RUN_ID`: a run's model to ONNX or TorchScript, optionally registered."""
+    """`precrop export RUN`: a run's deployable model to ONNX, pt2 or TorchScript, optionally registered."""
     from search import tracking
     from search.config import default_tracking_uri
-    from search.export import export_run
-    from search.models import register
+    from search.export import export_run, missing_preprocess_note
+    from search.models import check_registrable, parse_run_ref, register
 
+    run_id = parse_run_ref(args.run_id)
+    if args.register:
+        check_registrable(args.format)
     uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri, create=False)
-    done = export_run(client, args.run_id, args.format, args.output)
+    done = export_run(client, run_id, args.format, args.output)
+    if not done.normalized_in_graph:
+        print(missing_preprocess_note(run_id), file=sys.stderr)
     print(f"wrote {done.path} ({done.size_bytes / 1e6:.2f} MB); max |export - pytorch| = {done.check.max_abs_diff:.2e} "
           f"on random batches of {', '.join(map(str, done.check.batch_sizes))}")  # fmt: skip
     if args.register:
-        version = register(client, args.run_id, done.path, args.format, args.register, args.alias)
-        print(f"registered {args.register} version {version} (alias @{args.alias}) in {uri}")
+        version = register(client, run_id, done.servable, args.register, args.alias)
+        shown_uri = tracking.redact_uri(uri)
+        print(f"registered {args.register} version {version} (alias @{args.alias}) in {shown_uri}; serve it with: "
+              f"MLFLOW_TRACKING_URI={shown_uri} mlflow models serve -m models:/{args.register}@{args.alias} "
+              "--env-manager local")  # fmt: skip
     return 0
 
 

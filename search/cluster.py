@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import site
 import socket
+import sysconfig
 import time
+from pathlib import Path
+from typing import Any
 
 from search import ray_compat
 from search.config import ConfigError, ExperimentConfig
@@ -16,24 +21,71 @@ def init_ray(config: ExperimentConfig) -> bool:
     import ray
 
     address = ray_address(config)
+    runtime_env = worker_runtime_env(config.model.arch) or None
     try:
         if address is None:
             # trials print nothing useful; their errors reach the driver through Tune
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                     runtime_env=runtime_env)  # fmt: skip
             return True
         if address != "auto" and not _answers(address):
             # Ray would retry (this machine's other addresses too) for minutes before giving up
             raise ConfigError(f"ray.address {address!r}: nothing answers there (is the cluster up? `ray start --head` "
                               "prints its address; pass --address local for an embedded Ray)")  # fmt: skip
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RuntimeEnvSetupError) as exc:
         hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if runtime_env is not None and isinstance(exc, ray.exceptions.RuntimeEnvSetupError):
+            shipped = runtime_env["py_modules"][0]
+            raise ConfigError(f"model.arch: cannot ship {shipped[-120:]} to the Ray workers: {first}") from exc
         raise ConfigError(f"ray.address {address!r}: cannot connect{hint}: {first}") from exc
     have, nodes = ray.cluster_resources(), sum(node["Alive"] for node in ray.nodes())
     print(f"joined the Ray cluster at {address}: {nodes} node(s), {have.get('CPU', 0):g} CPUs, "
           f"{have.get('GPU', 0):g} GPUs now (autoscaling adds workers while trials wait)", flush=True)  # fmt: skip
     return False
+
+
+# the project's own packages: every node of a cluster has them installed (cluster/*.yaml setup)
+PROJECT_PACKAGES = ("precrop", "trainers", "search")
+
+
+def worker_runtime_env(arch: str) -> dict[str, Any]:
+    """Ray's runtime_env that lets every trial worker import the user's `module.path:callable` model.
+
+    Ray puts the driver's working directory on its workers' sys.path, but a module found elsewhere (on
+    PYTHONPATH, or in a directory of its own) is not there on a joined cluster, and a remote node does
+    not have the file at all. So the module's top-level package (or single file) travels with the job
+    as a `py_modules` entry, Ray's documented way to ship local code to workers. Installed packages
+    (site-packages, the standard library) and this project's own are on every node already.
+    """
+    from precrop.nn.zoo.sources import resolve_source, user_module
+
+    module_path = user_module(arch)
+    if module_path is None:
+        return {}
+    resolve_source(arch)  # imports the module as config validation did (cached)
+    top = importlib.import_module(module_path.split(".")[0])
+    location = _module_location(top)
+    if location is None or top.__name__ in PROJECT_PACKAGES or _installed(location):
+        return {}
+    return {"py_modules": [str(location)]}
+
+
+def _module_location(module: Any) -> Path | None:
+    """The file of a single-file module, or the directory of a package (None for namespace packages)."""
+    paths = list(getattr(module, "__path__", []) or [])
+    if paths:
+        return Path(paths[0]).resolve() if len(paths) == 1 else None
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file else None
+
+
+def _installed(location: Path) -> bool:
+    """Whether `location` lies in the standard library or an installed site-packages directory."""
+    roots = [*site.getsitepackages(), site.getusersitepackages()]
+    roots += [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    return any(location.is_relative_to(Path(root).resolve()) for root in roots if root)
 
 
 def ray_address(config: ExperimentConfig) -> str | None:

@@ -39,6 +39,10 @@ SAMPLERS = ("tpe", "nsga2")
 ASHA_MODES = ("pareto", "accuracy")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "PRECROP_STORAGE_PATH"
+# search.optuna_storage: "auto" (this variable when set, else a sqlite file beside a local MLflow store), "none"
+OPTUNA_STORAGE_ENV = "PRECROP_OPTUNA_STORAGE"
+OPTUNA_STORAGE_WORDS = ("auto", "none")
+OPTUNA_BACKENDS = ("sqlite", "postgresql", "mysql")  # the databases Optuna's RDBStorage supports
 # ranges validate() enforces beyond the types (README's config table and docs/security.md list them)
 MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
 MIN_CPU, MAX_CPU = 0.1, 1024  # per trial; below 0.1 Ray would pack more than 10 trials onto one CPU
@@ -108,12 +112,18 @@ class ObjectivesConfig:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How many trials, how many at once, and which Optuna sampler proposes them."""
+    """How many trials, how many at once, which Optuna sampler proposes them, and where its study is stored.
+
+    `optuna_storage`: `auto` ($PRECROP_OPTUNA_STORAGE when set, else sqlite `optuna.db` beside a local
+    MLflow store, else memory), `none` (memory), or a database URL such as sqlite:///optuna.db; never
+    MLflow's own database (search/searcher.py says why).
+    """
 
     trials: int = 8
     concurrency: int = 2
     sampler: str = "tpe"
     seed: int = 0
+    optuna_storage: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -323,13 +333,12 @@ def _parse_scalar(kind: type, value: Any, path: str) -> Any:
 def validate(config: ExperimentConfig) -> None:
     """Range checks that parsing cannot do; ConfigError names the key."""
     from precrop.methods.registry import METHODS
-    from precrop.nn.zoo import REGISTRY
     from precrop.width.mapping import VARIANTS
     from trainers.datasets import dataset_names
     from trainers.recipe import SCHEDULES
 
     _validate_texts(config)
-    _choice("model.arch", config.model.arch, REGISTRY.names())
+    _validate_arch(config.model.arch)
     _choice("data.name", config.data.name, dataset_names())
     _require(0 < config.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     _choice("data.resident", config.data.resident, ("auto", "yes", "no"))
@@ -345,6 +354,7 @@ def validate(config: ExperimentConfig) -> None:
     _count("search.concurrency", search.concurrency)
     _choice("search.sampler", search.sampler, SAMPLERS)
     _require(0 <= search.seed <= MAX_SEED, "search.seed", f"must be in 0..{MAX_SEED}, got {shown(search.seed)}")
+    check_optuna_storage(search.optuna_storage, "search.optuna_storage")
     cpu, gpu = config.resources.cpu, config.resources.gpu
     _require(MIN_CPU <= cpu <= MAX_CPU, "resources.cpu", f"must be {MIN_CPU:g} to {MAX_CPU} CPUs a trial, got {cpu:g}")
     _require(0 <= gpu <= 1, "resources.gpu", "must be a GPU fraction in [0, 1]")
@@ -395,6 +405,37 @@ def _check_tracking_uri(uri: str, source: str) -> None:
         source,
         "must be sqlite:///FILE, http(s)://HOST:PORT or a database URI",
     )
+
+
+def check_optuna_storage(value: str, source: str) -> None:
+    """ConfigError naming `source` unless `value` is auto, none, or a database URL Optuna's RDBStorage
+    accepts: sqlite (a file), postgresql or mysql, without a password. Reads the URL only; opens nothing.
+
+    A password is refused because Tune saves the searcher, and with it the storage URL, in its state.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from search.config_limits import text_problem
+
+    if value in OPTUNA_STORAGE_WORDS:
+        return
+    problem = text_problem(value)
+    _require(problem is None, source, problem or "")
+    # RDBStorage fills {SCHEMA_VERSION} in a URL with str.format: any other brace would fail there
+    _require("{" not in value and "}" not in value, source, "must not contain { or }")
+    expected = "must be auto, none or a database URL (sqlite:///FILE, postgresql://..., mysql://...)"
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"{source}: {expected}; it is not a URL") from None
+    backend = url.get_backend_name()
+    _require(backend in OPTUNA_BACKENDS, source, f"{expected}, got a {shown(backend, 20)} URL")
+    why = "must not hold a password (Tune saves the URL with its state): use ~/.pgpass or PGPASSWORD"
+    _require(url.password is None, source, why)
+    if backend == "sqlite":
+        memory = not url.database or url.database == ":memory:"
+        _require(not memory, source, "must name a file (sqlite:///optuna.db); `none` keeps the study in memory")
 
 
 def tracking_uri_of(config: ExperimentConfig) -> str:
@@ -463,6 +504,22 @@ def _range(key: str, bounds: tuple[float, float], positive: bool, upper: float =
         f"must be [low, high] of {what} numbers with low <= high{f' <= {upper:g}' if upper < math.inf else ''}, "
         f"got {list(bounds)}",
     )
+
+
+def _validate_arch(arch: str) -> None:
+    """model.arch: a built-in name, or a model source resolved now (imported, found), before anything runs."""
+    from precrop.nn.zoo import REGISTRY
+    from precrop.nn.zoo.sources import SOURCE_FORMS, source_kind
+
+    if source_kind(arch) is None:
+        known = arch in REGISTRY.names()
+        _require(known, "model.arch", f"unknown value {shown(arch)}: not a built-in name (`precrop info --list` "
+                 f"lists them) nor a model source ({', '.join(SOURCE_FORMS)})")  # fmt: skip
+        return
+    try:
+        REGISTRY.get(arch)
+    except UserError as exc:
+        raise ConfigError(f"model.arch: {exc}") from None
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from precrop.errors import UserError
-from search import tracking
+from search import ray_compat, tracking
 from search.cluster import init_ray, trial_resources
 from search.config import ConfigError, ExperimentConfig, storage_path_of, tracking_uri_of
-from search.records import SearchRecord, read_record, write_record
+from search.records import SearchRecord, optuna_study_name, read_record, write_record
 from search.schema import ACTIVE_STATUSES, Outcome, RunStatus, Tag
 from search.study import Study
 from search.summary import finish_search
@@ -51,6 +51,7 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     tracking.bound_http_retries()
     preflight(config, study)
     uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
+    optuna_url = _optuna_storage(config, uri) if study is None and not resume else None
     client = tracking.client_for(uri)
     experiment = tracking.experiment_id(client, config.experiment_name)
     if resume:
@@ -65,12 +66,14 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
         if resume:
             tracking.reopen_run(client, record.parent_run_id)
         else:
-            record = _new_record(client, config, experiment, uri, study)
+            if optuna_url is not None:
+                from search.searcher import open_storage
+
+                open_storage(optuna_url)  # a database that cannot be opened leaves no parent run behind
+            record = _new_record(client, config, experiment, uri, study, optuna_url)
         write_record(record)
         _announce(config, record, study)
-        from ray.tune import Tuner
-
-        restore = resume and Tuner.can_restore(record.path)  # see _resumed_record
+        restore = resume and tune_state_saved(record.path)  # see _resumed_record
         _run_tuner(config, record, resources, restore, study, client)
     finally:
         ray.shutdown()
@@ -91,6 +94,18 @@ def _announce(config: ExperimentConfig, record: SearchRecord, study: Study | Non
     what = f"{study.kind} study" if study else "search"
     print(f"{what} {record.name}: {trials} trials of {config.model.arch} on {config.data.name}; "
           f"MLflow experiment {config.experiment_name!r} (parent run {record.parent_run_id})", flush=True)  # fmt: skip
+    if record.optuna_storage is not None:
+        print(f"Optuna study {record.optuna_study} in {record.optuna_storage}", flush=True)
+    elif study is None and config.search.optuna_storage == "auto":
+        print("note: this search keeps its Optuna study in memory: set search.optuna_storage or "
+              "$PRECROP_OPTUNA_STORAGE to a database to keep it for optuna-dashboard", flush=True)  # fmt: skip
+
+
+def _optuna_storage(config: ExperimentConfig, tracking_uri: str) -> str | None:
+    """Where a new search stores its Optuna study (search/searcher.py `storage_url`); checks only, opens nothing."""
+    from search.searcher import storage_url
+
+    return storage_url(config, tracking_uri)
 
 
 def _finish_failed(client: MlflowClient, record: SearchRecord, uri: str, exc: BaseException) -> BaseException:
@@ -145,15 +160,21 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
 
 
 def _new_record(
-    client: MlflowClient, config: ExperimentConfig, experiment: str, uri: str, study: Study | None = None
-) -> SearchRecord:
-    """A new search: its name and Tune directory, and its parent run, opened now."""
+    client: MlflowClient, config: ExperimentConfig, experiment: str, uri: str, study: Study | None = None,
+    optuna_storage: str | None = None,
+) -> SearchRecord:  # fmt: skip
+    """A new search: its name and Tune directory, and its parent run, opened now (tagged with where its
+    Optuna study is stored, when it is)."""
     kind = f"-{study.kind}" if study else ""
     name = f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     path = _storage_root(config) + "/" + name
     parent = tracking.open_parent_run(client, experiment, name, path, _redacted(config), study.kind if study else None)
+    optuna_study = None
+    if optuna_storage is not None:
+        optuna_study = optuna_study_name(name, parent)
+        tracking.set_tags(client, parent, {Tag.OPTUNA_STORAGE: optuna_storage, Tag.OPTUNA_STUDY: optuna_study})
     return SearchRecord(name, path, uri, experiment, parent, config.to_dict(),
-                        dataclasses.asdict(study) if study else None)  # fmt: skip
+                        dataclasses.asdict(study) if study else None, optuna_storage, optuna_study)  # fmt: skip
 
 
 def _resumed_record(client: MlflowClient, config: ExperimentConfig, experiment: str, uri: str) -> SearchRecord:
@@ -162,22 +183,36 @@ def _resumed_record(client: MlflowClient, config: ExperimentConfig, experiment: 
     if parent is None:
         raise ConfigError(f"nothing to resume: no search of config {config.name!r} in {uri}")
     tags = parent.data.tags
-    saved = json.loads(tags[Tag.CONFIG])
+    saved = tracking.flatten(json.loads(tags[Tag.CONFIG]))
+    # a key the search's config did not have yet (added to precrop since) held its default
+    defaults = tracking.flatten(ExperimentConfig().to_dict())
     mine = _redacted(config)
     changed = [k for k, v in tracking.flatten(mine).items()
-               if k not in RESUME_MAY_DIFFER and tracking.flatten(saved).get(k) != v]  # fmt: skip
+               if k not in RESUME_MAY_DIFFER and saved.get(k, defaults.get(k)) != v]  # fmt: skip
     if changed:
         raise ConfigError(f"cannot resume {tags[Tag.SEARCH]}: the config changed ({', '.join(changed[:5])})")
     path = tags[Tag.SEARCH_DIR]
-    from ray.tune import Tuner
-
-    if not Tuner.can_restore(path):
-        # killed before its Tuner was built (Tune saves tuner.pkl then, before any trial runs): start over
+    if not tune_state_saved(path):
+        # killed before Tune first saved its experiment state (trials, searcher): start over
         print(f"note: search {tags[Tag.SEARCH]} stopped before Tune saved any state in {path}: "
               "its trials start from the beginning, under the same parent run", flush=True)  # fmt: skip
     else:
         print(f"resuming search {tags[Tag.SEARCH]} from {path}", flush=True)
-    return SearchRecord(tags[Tag.SEARCH], path, uri, experiment, parent.info.run_id, config.to_dict())
+    # the study stays where the search began it (Tune restores the searcher, storage included)
+    stored = tags.get(Tag.OPTUNA_STORAGE), tags.get(Tag.OPTUNA_STUDY)
+    return SearchRecord(tags[Tag.SEARCH], path, uri, experiment, parent.info.run_id, config.to_dict(), None, *stored)
+
+
+def tune_state_saved(path: str) -> bool:
+    """Whether Tune saved enough in the search directory `path` to restore the search from it.
+
+    `Tuner.can_restore` asks only for tuner.pkl, which Tune writes before the first trial; restored from that
+    alone, a search would lose its search space and its number of trials (Tune restores both from its
+    experiment state), so until Tune saved one, a resumed search starts over under the same parent run.
+    """
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(path) and ray_compat.experiment_state_saved(path)
 
 
 def _redacted(config: ExperimentConfig) -> dict[str, Any]:
@@ -260,7 +295,8 @@ def _fit(
         metrics, modes = objectives(config)
         first = initial_points(config.space, startup_trials(config), config.search.seed)
         searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config),
-                                      points_to_evaluate=first, epochs=config.space.epochs)  # fmt: skip
+                                      points_to_evaluate=first, epochs=config.space.epochs,
+                                      **_optuna_study(record))  # fmt: skip
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(config.space),
@@ -271,6 +307,16 @@ def _fit(
             run_config=run_config,
         )  # fmt: skip
     tuner.fit()
+
+
+def _optuna_study(record: SearchRecord) -> dict[str, Any]:
+    """The searcher's study name, storage and attributes: stored where the record says, else in memory."""
+    if record.optuna_storage is None or record.optuna_study is None:
+        return {}
+    from search.searcher import open_storage
+
+    attrs = {Tag.SEARCH.value: record.name, Tag.PARENT.value: record.parent_run_id}  # what the dashboard shows
+    return {"study_name": record.optuna_study, "storage": open_storage(record.optuna_storage), "study_attrs": attrs}
 
 
 def _scheduler(config: ExperimentConfig) -> TrialScheduler:

@@ -6,6 +6,8 @@ when an installed Ray no longer has one of them. Each function says why no publi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,6 +34,15 @@ def ray_start_address() -> str | None:
     return found or None
 
 
+def experiment_state_saved(path: str) -> bool:
+    """Whether Tune saved an experiment state (its trials, searcher and callbacks) in the experiment folder
+    `path` (local or a URI), as `TuneController.resume` looks for one: Ray 2.60's
+    `_find_newest_experiment_checkpoint`. `Tuner.can_restore` answers for tuner.pkl only."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    return _find_newest_experiment_checkpoint(path) is not None
+
+
 def optuna_study(searcher: OptunaSearch) -> optuna.Study:
     """The Optuna study behind Ray's `OptunaSearch` (its private `_ot_study`, Ray 2.60).
 
@@ -51,6 +62,12 @@ def untold_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial |
         return None
     trial: optuna.Trial = searcher._ot_trials[trial_id]
     return trial
+
+
+def optuna_trials(searcher: OptunaSearch) -> Mapping[str, optuna.Trial]:
+    """Tune trial id -> the Optuna trial `searcher` asked for it, told or not (`_ot_trials`, Ray 2.60): a
+    read-only view of the bookkeeping `OptunaSearch` keeps and exposes no other way."""
+    return MappingProxyType(searcher._ot_trials)
 
 
 def mark_told(searcher: OptunaSearch, trial_id: str) -> None:

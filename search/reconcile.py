@@ -11,6 +11,7 @@ it (and the summary) by hand once a tracking server that went away is back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ from search.config import ExperimentConfig
 from search.records import SearchRecord, write_record
 from search.run_logger import RunLogger, epoch_metrics, log_final, log_setup, setup_metrics, setup_params
 from search.schema import ACTIVE_STATUSES, Artifact, Metric, Outcome, Param, ResultKey, Tag
-from search.space import TrialPoint
+from search.space import TrialPoint, data_request
+from trainers.checkpoint import Preprocess
+from trainers.datasets import DataRequest, load_dataset
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -128,7 +131,8 @@ def _reconcile_trial(
     if last.get(ResultKey.COMPLETE) == 1 and saved is not None and plan is not None:
         done.models_logged += not tracking.has_artifacts(client, str(log.run_id), Artifact.MODEL_DIR)
         epoch = int(last[ResultKey.EPOCH])
-        log_final(log, plan, saved.state["model"], {Metric.FINAL_VAL_ACC: float(last[ResultKey.ACCURACY])}, epoch)
+        summary: dict[str, float] = {Metric.FINAL_VAL_ACC: float(last[ResultKey.ACCURACY])}
+        log_final(log, plan, saved.state["model"], summary, epoch, _preprocess(config))
     else:
         outcome, reason = _ending(trial.status, last)
         tracking.end_run(client, str(log.run_id), outcome, reason)
@@ -183,6 +187,17 @@ def _ending(tune_status: str, last: dict[str, Any]) -> tuple[Outcome, str]:
     if tune_status == "TERMINATED":
         return Outcome.STOPPED, "stopped early by ASHA (re-logged from Tune)"
     return Outcome.INTERRUPTED, f"the search ended with the trial {tune_status.lower()}"
+
+
+@functools.cache
+def _preprocess_of(request: DataRequest) -> Preprocess:
+    """The preprocessing a trial trained with: its training data's normalization (loaded once per request)."""
+    return Preprocess.from_dataset(load_dataset(request))
+
+
+def _preprocess(config: ExperimentConfig) -> Preprocess:
+    """What the search's trials fed their models, logged with a re-logged model so its export normalizes."""
+    return _preprocess_of(data_request(config, "train"))
 
 
 def _widths_table(plan: WidthPlan) -> str:

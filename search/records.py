@@ -26,7 +26,7 @@ RECORD_FILE = "precrop-search.json"
 @dataclass(frozen=True)
 class SearchRecord:
     """One search: its name, Tune directory, tracking URI, MLflow experiment and parent run, its config
-    (as a plain dict) and, for a study, its grid."""
+    (as a plain dict), for a study its grid, and where its Optuna study is stored (None: in memory)."""
 
     name: str
     path: str
@@ -35,6 +35,8 @@ class SearchRecord:
     parent_run_id: str
     config: dict[str, Any]
     study: dict[str, Any] | None = None
+    optuna_storage: str | None = None  # a database URL without a password (search.config.check_optuna_storage)
+    optuna_study: str | None = None
 
     def experiment_config(self) -> ExperimentConfig:
         """The search's config."""
@@ -47,6 +49,12 @@ class SearchRecord:
         grid = self.study
         return Study(str(grid["kind"]), str(grid["dimension"]), tuple(grid["values"]), tuple(grid["budgets"]),
                      tuple(grid["seeds"]), grid.get("out_dir"))  # fmt: skip
+
+
+def optuna_study_name(search: str, parent_run_id: str) -> str:
+    """The name of a search's Optuna study: the search's name (its config's name and start time) and its
+    parent run id, so it is unique in a storage that many searches share, and stable across `--resume`."""
+    return f"{search}-{parent_run_id}"
 
 
 def write_record(record: SearchRecord) -> None:

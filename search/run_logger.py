@@ -23,7 +23,7 @@ from search import tracking
 from search.config import ExperimentConfig
 from search.schema import Artifact, Metric, Outcome, Param, ResultKey, Tag
 from search.space import TrialPoint
-from trainers.checkpoint import PLAN_FILE, save_weights
+from trainers.checkpoint import PLAN_FILE, Preprocess, save_weights
 
 if TYPE_CHECKING:
     import torch
@@ -124,11 +124,17 @@ def log_setup(log: RunLogger, params: dict[str, Any], metrics: dict[str, float],
 
 
 def log_final(
-    log: RunLogger, plan: WidthPlan, weights: Mapping[str, torch.Tensor], summary: dict[str, float], epoch: int
+    log: RunLogger,
+    plan: WidthPlan,
+    weights: Mapping[str, torch.Tensor],
+    summary: dict[str, float],
+    epoch: int,
+    preprocess: Preprocess | None = None,
 ) -> None:
-    """Log a completed run's model (plan JSON + state_dict) and summary metrics, and end it FINISHED."""
+    """Log a completed run's model (plan JSON + state_dict, and preprocess.json when given: what
+    `precrop export` puts into the exported graph) and summary metrics, and end it FINISHED."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_weights(Path(tmp), plan, weights)
+        save_weights(Path(tmp), plan, weights, preprocess)
         log.call("logging the model", tracking.log_artifacts, tmp, Artifact.MODEL_DIR)
     log.call("logging the summary", tracking.log_metrics, summary, step=epoch)
     log.call("ending the run", tracking.end_run, Outcome.COMPLETED)

@@ -24,6 +24,8 @@ class Tag(StrEnum):
     CONFIG = "precrop.config"  # the (redacted) config, as JSON
     CONFIG_NAME = "precrop.config_name"
     STUDY = "precrop.study"  # a study's kind (granularity, mapping, baselines)
+    OPTUNA_STORAGE = "precrop.optuna_storage"  # where the search's Optuna study is stored (a database URL)
+    OPTUNA_STUDY = "precrop.optuna_study"  # the study's name in that storage
     # a trial's child run
     TRIAL_ID = "precrop.trial_id"
     OUTCOME = "precrop.outcome"  # an Outcome
@@ -37,8 +39,10 @@ class Tag(StrEnum):
     PARETO = "pareto"  # "true" on the runs of the front, "false" on the others
 
 
-# the tag a registered model version of `precrop export --register` carries: onnx or torchscript
+# the tag a registered model version of `precrop export --register` carries: onnx or pt2 (torchscript before)
 MODEL_VERSION_FORMAT_TAG = "format"
+# the MLflow LoggedModel `precrop export --register` logs under a trial's run: export-onnx or export-pt2
+EXPORT_MODEL_PREFIX = "export-"
 
 
 class Role(StrEnum):
@@ -133,7 +137,8 @@ class Artifact(StrEnum):
 
     PLAN_DIR = "plan"  # a trial's plan: plan.json and widths.txt
     MODEL_DIR = "model"  # a completed trial's final model: plan.json and the weights
-    EXPORT_DIR = "export"  # export/<format>/<file> of `precrop export --register`
+    EXPORT_DIR = "export"  # export/<format>/<file>: where `precrop export --register` put the bare file before
+    # it logged MLflow models (EXPORT_MODEL_PREFIX); older runs still have it
     WIDTHS = "widths.txt"
     # the parent run of a search
     PARETO_PNG = "pareto.png"
@@ -165,3 +170,5 @@ class ResultKey(StrEnum):
 
 # the Optuna constraint on every told trial: > 0 (infeasible) for a trial stopped before its last epoch
 UNTRAINED_CONSTRAINT = "untrained_fraction"
+# the Optuna user attribute that names a trial's Tune trial id (the `precrop.trial_id` tag of its child run)
+OPTUNA_TRIAL_ID_ATTR = Tag.TRIAL_ID.value

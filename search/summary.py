@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,7 +83,22 @@ def summarize(client: MlflowClient, config: ExperimentConfig, record: SearchReco
         print(f"export one:  precrop export RUN_ID --format onnx --tracking-uri {uri}")
     else:
         print("no trial trained to the end: the front is empty")
+    for line in optuna_hint(record):
+        print(line)
     return front
+
+
+def optuna_hint(record: SearchRecord) -> list[str]:
+    """How to open the search's stored Optuna study (every trial) with optuna-dashboard and the optuna CLI;
+    nothing when the study was kept in memory."""
+    if record.optuna_storage is None or record.optuna_study is None:
+        return []
+    storage, name = shlex.quote(record.optuna_storage), shlex.quote(record.optuna_study)
+    return [
+        f"Optuna study {record.optuna_study} (every trial; optuna-dashboard is `pip install optuna-dashboard`):",
+        f"  optuna-dashboard {storage}    then browse http://127.0.0.1:8080",
+        f"  optuna best-trials --study-name {name} --storage {storage}",
+    ]
 
 
 def summarize_study(client: MlflowClient, config: ExperimentConfig, record: SearchRecord, study: Study) -> None:

@@ -37,6 +37,7 @@ from search.run_logger import RunLogger, log_final, log_setup, setup_metrics, se
 from search.schema import Metric, Outcome, ResultKey, Tag
 from search.space import TrialPoint, data_request
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
+from trainers.checkpoint import Preprocess
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
 
@@ -212,7 +213,7 @@ class _Trial:
             Metric.TIME_TRAINING_S: now - self.training_started - self.reporting_seconds,
         }
         log_final(self.log, plan, trainer.model.state_dict(), {Metric.FINAL_VAL_ACC: last[Metric.VAL_ACC], **timings},
-                  int(last[Metric.EPOCH]))  # fmt: skip
+                  int(last[Metric.EPOCH]), Preprocess.from_dataset(trainer.data))  # fmt: skip
         self.ended = True
 
     def _report(self, result: dict[str, Any], state: TrainState | None, plan: WidthPlan, latency: float) -> None:

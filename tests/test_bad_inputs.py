@@ -133,6 +133,79 @@ def _free_port() -> int:
 
 
 SEARCH = ("search", "config.yaml")
+TRAIN = ("train", "--dataset", "digits", "--epochs", "1", "--arch")
+
+# the user's own models, one module per case (a module stays imported in this process)
+# fmt: off
+MODELS = {
+    "src_returns_int.py": "def net(num_classes=10):\n    return 42\n",
+    "src_raises.py": "def net(num_classes=10):\n    raise ValueError('no such width\\nsecond line')\n",
+    "src_fixed_head.py": "from torch import nn\n\ndef net():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
+                         "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 7))\n",
+    "src_bad_forward.py": "from torch import nn\n\nclass Net(nn.Module):\n    def __init__(self, num_classes=10):\n"
+                          "        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 1)\n\n"
+                          "    def forward(self, x):\n        raise RuntimeError('my forward\\nfails')\n",
+    "src_no_attribute.py": "def other(num_classes=10):\n    return None\n",
+    "src_cfg_returns_str.py": "def net(num_classes=10):\n    return 'a model'\n",
+    "src_cfg_fixed.py": "from torch import nn\n\ndef net():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
+                        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n",
+}
+# fmt: on
+
+
+def _model(name: str, **config: object) -> Setup:
+    """One of MODELS in the working directory (and the tiny config, with `config` sections, if given)."""
+
+    def write(folder: Path) -> None:
+        (folder / name).write_text(MODELS[name])
+        if config:
+            _config(**config)(folder)
+
+    return write
+
+
+def _without_timm(folder: Path) -> None:
+    """shim/timm.py, which fails to import as a missing package does (with PYTHONPATH=shim)."""
+    (folder / "shim").mkdir()
+    (folder / "shim" / "timm.py").write_text('raise ModuleNotFoundError("No module named \'timm\'", name="timm")\n')
+
+
+# fmt: off
+MODEL_SOURCE_CASES = [
+    Case("unimportable model module", ("info", "no_such_models:net"),
+         ("model source 'no_such_models:net': cannot import module 'no_such_models'",)),
+    Case("model module without the callable", ("allocate", "src_no_attribute:net", "--macs", "0.5"),
+         ("'src_no_attribute' has no attribute 'net'",), _model("src_no_attribute.py")),
+    Case("model callable that returns no module", ("allocate", "src_returns_int:net", "--macs", "0.5", "-o", "p.json"),
+         ("model source 'src_returns_int:net' returned int, not a torch nn.Module",), _model("src_returns_int.py")),
+    Case("model callable that raises", (*TRAIN, "src_raises:net"),
+         ("model source 'src_raises:net' raised ValueError: no such width",), _model("src_raises.py")),
+    Case("fixed-head model for other classes", (*TRAIN, "src_fixed_head:net"),
+         ("takes no num_classes argument and builds 7 classes, but 10 were asked for",), _model("src_fixed_head.py")),
+    Case("model whose forward fails", ("info", "src_bad_forward:Net", "--input-size", "16"),
+         ("cannot trace 'src_bad_forward:Net': RuntimeError: my forward",), _model("src_bad_forward.py")),
+    Case("untraceable timm model", ("allocate", "timm:rexnet_100", "--macs", "0.5", "--input-size", "32"),
+         ("slices part of a tensor's channels",)),
+    Case("untraceable model in train", (*TRAIN, "timm:ghostnet_050"),
+         ("cost model of timm:ghostnet_050 is not exact",)),
+    Case("unknown timm model", ("info", "timm:resnet_nope"), ("unknown timm model 'resnet_nope'",)),
+    Case("timm not installed", ("info", "timm:resnet18"),
+         ("'timm:resnet18' needs timm, which cannot be imported", "pip install 'precrop-search[timm]'"),
+         _without_timm, subprocess=True, env={"PYTHONPATH": "shim"}),
+    Case("unimportable model module in a config", SEARCH,
+         ("model.arch: model source 'no_such_models:net': cannot import module",),
+         _config(model={"arch": "no_such_models:net"}), untouched=True),
+    Case("unknown timm model in a config", SEARCH, ("model.arch: unknown timm model 'resnet_nope'",),
+         _config(model={"arch": "timm:resnet_nope"}), untouched=True),
+    Case("model callable that returns no module, in a config", SEARCH,
+         ("model source 'src_cfg_returns_str:net' returned str",),
+         _model("src_cfg_returns_str.py", model={"arch": "src_cfg_returns_str:net"}), untouched=True),
+    Case("fixed-head model in a config", SEARCH, ("builds 3 classes, but 10 were asked for",),
+         _model("src_cfg_fixed.py", model={"arch": "src_cfg_fixed:net"}), untouched=True),
+    Case("untraceable model in a config", SEARCH, ("slices part of a tensor's channels",),
+         _config(model={"arch": "timm:rexnet_100"}), untouched=True),
+]
+# fmt: on
 # fmt: off
 CASES = [
     Case("budget 0", ("allocate", "cifar_resnet20", "--macs", "0"), ("macs budget must be a positive number",)),
@@ -155,7 +228,11 @@ CASES = [
     Case("classes that contradict the data set", ("allocate", "cifar_resnet20", "--macs", "0.5", "--allocator",
          "snip", "--dataset", "digits", "--num-classes", "100"), ("--num-classes 100 does not match digits (10)",)),
     Case("unknown variant", ("allocate", "cifar_resnet20", "--macs", "0.5", "--variant", "fancy"),
-         ("unknown variant 'fancy'",)),
+         ("argument --variant: unknown variant 'fancy'; choose one of fit, gp, internal",)),
+    Case("unknown density solver", ("allocate", "cifar_resnet20", "--macs", "0.5", "--solver", "magic"),
+         ("argument --solver: unknown density solver 'magic'; choose one of closed_form, cvxpy",)),
+    Case("info without an architecture", ("info",), ("info needs an architecture", "precrop info --list")),
+    *MODEL_SOURCE_CASES,
     Case("budget the internal mapping cannot reach", ("allocate", "cifar_resnet20", "--macs", "0.3", "--variant",
          "internal"), ("below what the minimum widths of the 'internal' mapping", "0.3055 of base")),
     Case("unknown allocator in a config", SEARCH, ("space.allocators[0]: unknown value 'magic'",),
@@ -239,6 +316,8 @@ CASES = [
          _config(model={"arch": "a" * 3000}), untouched=True),
     Case("negative seed", SEARCH, ("search.seed: must be in 0..4294967295, got -1",), _config(search={"seed": -1}),
          untouched=True),
+    Case("optuna storage with a password", SEARCH, ("search.optuna_storage: must not hold a password",),
+         _config(search={"optuna_storage": "postgresql://u:pw@h/optuna"}), untouched=True),
     Case("tiny CPU fraction per trial", SEARCH, ("resources.cpu: must be 0.1 to 1024 CPUs a trial, got 0.001",),
          _config(resources={"cpu": 0.001}), untouched=True),
     Case("expand far beyond 16", (*SEARCH, "--set", "space.expand=1.0e9"), ("space.expand: must be in [1, 16]",),
@@ -282,6 +361,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder = tmp_path / "work"
     folder.mkdir()
     monkeypatch.chdir(folder)
+    # a model source imports the user's module from here: no __pycache__ left behind, sys.path restored
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setattr(sys, "path", list(sys.path))
     for name in ("MLFLOW_TRACKING_URI", "PRECROP_STORAGE_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     yield folder

@@ -14,6 +14,10 @@ import torch
 from trainers.augment import Normalizer, random_crop_flip
 from trainers.datasets import Augmentation, DataSet, FileSplit, Split, TensorSplit
 
+# evaluation of file-based data: resize the shorter side to size / EVAL_CROP_FRACTION, then center-crop
+# (trainers/checkpoint.py's Preprocess records the same resize with every saved model)
+EVAL_CROP_FRACTION = 0.875
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 # what data-driven methods (SNIP, GraSP, PFS, PruneNet) look at: a few augmented training batches
 PROBE_BATCHES = 8
@@ -102,7 +106,7 @@ class FileBatches:
         yield from self._iterate(train=True, generator=generator)
 
     def eval_batches(self) -> Iterator[Batch]:
-        """Resize to 1/0.875 of the input size, center crop, in order."""
+        """Resize to 1/EVAL_CROP_FRACTION of the input size, center crop, in order."""
         yield from self._iterate(train=False, generator=None)
 
     def _iterate(self, train: bool, generator: torch.Generator | None) -> Iterator[Batch]:
@@ -135,7 +139,7 @@ class _FileDataset(torch.utils.data.Dataset[Batch]):
             if flip:
                 steps.append(v2.RandomHorizontalFlip())
         else:
-            steps = [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+            steps = [v2.Resize(round(size / EVAL_CROP_FRACTION), antialias=True), v2.CenterCrop(size)]
         self.transform = v2.Compose(steps)
 
     def __len__(self) -> int:

@@ -14,7 +14,14 @@ from precrop.fileio import check_writable_dir
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import dense_plan
 from precrop.width.plan import WidthPlan
-from trainers.checkpoint import load_train_state, read_plan, save_metrics, save_model, save_train_state
+from trainers.checkpoint import (
+    Preprocess,
+    load_train_state,
+    read_plan,
+    save_metrics,
+    save_model,
+    save_train_state,
+)
 from trainers.datasets import DataError, DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState, evaluate
 from trainers.recipe import SCHEDULES, TrainConfig
@@ -24,7 +31,8 @@ def add_train_command(commands: argparse._SubParsersAction[OneLineErrorParser]) 
     """Register `train` and its options."""
     train = commands.add_parser("train", help="train one model (dense or from a plan) on a data set")
     model = train.add_mutually_exclusive_group(required=True)
-    model.add_argument("--arch", help="train the dense architecture")
+    model.add_argument("--arch", help="train the dense architecture: a built-in name or model source "
+                       "(see precrop info --list)")
     model.add_argument("--plan", help="train the cropped model a plan JSON describes")
     train.add_argument("--dataset", required=True, help="digits, cifar10, cifar100, imagefolder or synthetic")
     train.add_argument("--data-dir", help="where the data set lives (cifar: the folder with the batches)")
@@ -48,7 +56,8 @@ def add_train_command(commands: argparse._SubParsersAction[OneLineErrorParser]) 
     train.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader workers (file data)")
     train.add_argument("--test", action="store_true", help="also evaluate the test split at the end")
     train.add_argument("--no-measure", action="store_true", help="skip the latency measurement at the end")
-    train.add_argument("-o", "--output", help="run directory: plan.json, model.pt, metrics.json, train_state.pt")
+    train.add_argument("-o", "--output", help="run directory: plan.json, model.pt, preprocess.json, metrics.json, "
+                       "train_state.pt")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/train_state.pt")
 
 
@@ -135,8 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
     if result.status != "completed":
         raise UserError(f"training stopped: {result.reason}")
     if out is not None:
-        save_model(out, plan, trainer.model)
-        print(f"wrote {out / 'plan.json'}, {out / 'model.pt'} and {out / 'metrics.json'}")
+        save_model(out, plan, trainer.model, Preprocess.from_dataset(data))
+        print(f"wrote {out / 'plan.json'}, {out / 'model.pt'}, {out / 'preprocess.json'} and {out / 'metrics.json'}")
     return 0
 
 

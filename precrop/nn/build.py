@@ -11,6 +11,7 @@ from precrop.nn.surgery import resize_to_widths
 from precrop.nn.tracing import trace_layer_table
 from precrop.nn.zoo import REGISTRY
 from precrop.nn.zoo.inits import init_pytorch_default
+from precrop.nn.zoo.sources import source_kind
 from precrop.width.allocate import MAX_EXPAND
 from precrop.width.costmodel import LayerTable
 from precrop.width.plan import PlanError, WidthPlan
@@ -19,9 +20,14 @@ from precrop.width.plan import PlanError, WidthPlan
 def layer_table(
     arch: str, num_classes: int | None = None, input_size: int | None = None, *, verify: bool = False
 ) -> LayerTable:
-    """Trace the dense `arch` (defaults from the registry); `verify` checks it against counted cost."""
+    """Trace the dense `arch` (defaults from the registry); `verify` checks it against counted cost.
+
+    A model source (torchvision:, timm:, module:callable) is always verified: an architecture the tracer
+    cannot describe exactly is refused here (TracingError, one line) instead of yielding a wrong plan.
+    """
     spec = REGISTRY.get(arch)
     classes = num_classes or spec.num_classes
+    verify = verify or source_kind(arch) is not None
     return trace_layer_table(spec.build(classes), arch, input_size or spec.input_size, classes, verify=verify)
 
 

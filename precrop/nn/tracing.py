@@ -15,8 +15,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from precrop.errors import UserError
 from precrop.nn.counting import count_cost
 from precrop.nn.zoo.cifar_resnet import ChannelPad
+from precrop.nn.zoo.spec import first_line, shown
 from precrop.width.costmodel import (
     INPUT_GROUP,
     LOGITS_GROUP,
@@ -30,8 +32,8 @@ RESIZABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 LAYER_TYPES = (nn.Conv2d, nn.Linear, ChannelPad)
 
 
-class TracingError(RuntimeError):
-    """The model contains a structure the layer table cannot describe exactly."""
+class TracingError(UserError, RuntimeError):
+    """The model contains a structure the layer table cannot describe exactly (a user error: one line, exit 2)."""
 
 
 class ChannelPadPruner(tp.pruner.function.BasePruningFunc):
@@ -105,12 +107,12 @@ def trace_layer_table(
     """
     try:
         table = _trace(model, arch, input_size, num_classes)
+        if verify:
+            verify_table(table, model)
     except TracingError:
         raise
-    except Exception as exc:  # torch-pruning or a forward pass failing on an exotic model
-        raise TracingError(f"cannot trace {arch}: {type(exc).__name__}: {exc}") from exc
-    if verify:
-        verify_table(table, model)
+    except Exception as exc:  # torch-pruning, or the model's own forward, failing on an exotic model
+        raise TracingError(f"cannot trace {shown(arch)}: {first_line(exc)}") from exc
     return table
 
 
@@ -123,6 +125,7 @@ def _trace(model: nn.Module, arch: str, input_size: int, num_classes: int) -> La
     graph = tp.DependencyGraph().build_dependency(
         model, example_inputs=x, customized_pruners=CUSTOM_PRUNERS, verbose=False
     )
+    _refuse_channel_slices(graph, arch)
     infos, out_group, in_segments, norm_group = _collect_groups(graph)
     names = {m: n for n, m in model.named_modules()}
     rank = {m: i for i, m in enumerate(order)}
@@ -139,6 +142,7 @@ def _trace(model: nn.Module, arch: str, input_size: int, num_classes: int) -> La
         _norm_entry(m, names[m], tuple(group_names[g] for g in gids), sum(infos[g].width for g in gids))
         for m, gids in norm_group.items()
     ]
+    _check_logits(infos, group_names, arch, num_classes)
     groups = [ChannelGroup(INPUT_GROUP, 3, fixed=True)]
     for gid in sorted(group_names, key=lambda g: min(rank.get(p, len(rank)) for p in infos[g].producers)):
         name = group_names[gid]
@@ -149,6 +153,31 @@ def _trace(model: nn.Module, arch: str, input_size: int, num_classes: int) -> La
         fixed_params=_unowned_params(model, owners),
     )  # fmt: skip
     return table
+
+
+def _refuse_channel_slices(graph: Any, arch: str) -> None:
+    """TracingError for a forward that slices part of a tensor's channels (`x[:, a:b]`, as ReXNet does).
+
+    The table cannot express a layer reading part of a group, and torch-pruning's index mapping through
+    such slices can take practically forever on a deep model, so they are refused before grouping.
+    """
+    for module in graph.module2node:
+        if not isinstance(module, tp.ops._SliceOp):
+            continue
+        sizes = tuple(getattr(module.grad_fn, "_saved_self_sym_sizes", ()) or ())
+        dim = module.dim % len(sizes) if sizes else module.dim
+        if dim != 1:
+            continue
+        whole = bool(sizes) and module.start == 0 and module.step == 1 and module.end >= sizes[1]
+        if not whole:
+            raise TracingError(f"{shown(arch)} slices part of a tensor's channels (x[:, a:b]); not supported")
+
+
+def _check_logits(infos: list[_GroupInfo], group_names: dict[int, str], arch: str, num_classes: int) -> None:
+    """The classifier must predict the `num_classes` asked for (a fixed head may build another number)."""
+    for gid, name in group_names.items():
+        if name == LOGITS_GROUP and infos[gid].width != num_classes:
+            raise TracingError(f"{shown(arch)} outputs {infos[gid].width} classes, but {num_classes} were asked for")
 
 
 def _collect_groups(

@@ -24,6 +24,9 @@ from precrop.width.plan import WidthPlan
 from precrop.width.posynomial import posynomial
 from precrop.width.rounding import WidthBounds, best_rounding, closeness_to, repair, round_widths, width_bounds
 
+# the density programs AllocationRequest.density_solver names: the closed form, or cvxpy as the cross-check
+DENSITY_SOLVERS = ("closed_form", "cvxpy")
+
 
 class BudgetError(UserError):
     """A budget or option the allocator cannot honour."""
@@ -73,8 +76,10 @@ class AllocationRequest:
             raise BudgetError(f"expand must be in [1, {MAX_EXPAND:g}], got {self.expand:g}")
         if not 0 < self.d_min <= 1:
             raise BudgetError(f"d_min must be in (0, 1], got {self.d_min}")
-        if self.density_solver not in ("closed_form", "cvxpy"):
-            raise BudgetError(f"unknown density solver {self.density_solver!r}")
+        if self.density_solver not in DENSITY_SOLVERS:
+            raise BudgetError(
+                f"unknown density solver {self.density_solver!r}; choose one of {', '.join(DENSITY_SOLVERS)}"
+            )
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -105,7 +105,7 @@ def test_search_from_an_empty_directory_runs_on_the_workers_and_logs_to_the_serv
         assert run.data.tags["precrop.device"] == "cpu"  # the fake GPU has no CUDA behind it
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
         logged = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-        assert logged == {"model/plan.json", "model/model.pt"}
+        assert logged == {"model/plan.json", "model/model.pt", "model/preprocess.json"}
         on_disk = mlflow_server.artifacts / run.info.experiment_id / run.info.run_id / "artifacts" / "model"
         assert (on_disk / "model.pt").stat().st_size > 0
     parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])

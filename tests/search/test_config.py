@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,32 @@ def test_bad_values_name_the_key(tmp_path: Path, override: str, message: str) ->
     with pytest.raises(ConfigError) as info:
         load_config(path, [override])
     assert message in str(info.value)
+
+
+def test_model_arch_takes_every_model_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built-in names, torchvision:, timm: and module:callable are resolved when the config loads."""
+    (tmp_path / "config_test_models.py").write_text(
+        "from torch import nn\n\ndef net(num_classes=10):\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
+        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    path = write_config(tmp_path, {"name": "x"})
+    for arch in ("resnet50", "torchvision:resnet18", "timm:resnet10t", "config_test_models:net"):
+        assert load_config(path, [f"model.arch={arch}"]).model.arch == arch
+    refused = {
+        "torchvision:resnet_18": "model.arch: unknown torchvision classification model 'resnet_18' (did you mean",
+        "timm:resnet_nope": "model.arch: unknown timm model 'resnet_nope'",
+        "config_test_models:nope": "model.arch: model source 'config_test_models:nope': 'config_test_models' has "
+        "no attribute 'nope'",
+        "not_a_module_anywhere:net": "cannot import module 'not_a_module_anywhere'",
+        "x-y:z": "is not a model source",
+    }
+    for arch, message in refused.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(path, [f"model.arch={arch}"])
+        assert message in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
 
 
 def test_preconfig_budget_may_exceed_one_up_to_expand(tmp_path: Path) -> None:

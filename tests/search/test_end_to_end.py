@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from search.models import load_run_model
+from search.models import load_run_bundle, load_run_model
 from tests.search.conftest import TINY_CONFIG, copy_search_script, run_precrop, run_search_script, write_config
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
@@ -77,7 +77,8 @@ def test_children_log_params_plan_metrics_and_weights(finished: Finished) -> Non
         history = client.get_metric_history(run_id, "val_acc")
         if child.info.status == "FINISHED":  # type: ignore[attr-defined]
             assert [m.step for m in history] == [1, 2]
-            assert {f.path for f in client.list_artifacts(run_id, "model")} == {"model/plan.json", "model/model.pt"}
+            model_files = {f.path for f in client.list_artifacts(run_id, "model")}
+            assert model_files == {"model/plan.json", "model/model.pt", "model/preprocess.json"}
             plan, _ = load_run_model(client, run_id)
             assert plan.counted.macs == metrics["macs"] and plan.allocator == params["allocator"]
         else:
@@ -110,38 +111,35 @@ def test_pareto_command_recomputes_the_same_front(finished: Finished) -> None:
     assert front == {c.info.run_id for c in finished.children if c.data.tags["pareto"] == "true"}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
 def test_export_round_trip(finished: Finished, fmt: str) -> None:
     member = next(c for c in finished.children if c.data.tags["pareto"] == "true")  # type: ignore[attr-defined]
     run_id = member.info.run_id  # type: ignore[attr-defined]
     out = finished.folder / f"exported-{fmt}"
-    args = [
-        "export",
-        run_id,
-        "--format",
-        fmt,
-        "-o",
-        str(out),
-        "--tracking-uri",
-        finished.uri,
-        "--register",
-        f"tiny-{fmt}",
-    ]
+    register = [] if fmt == "torchscript" else ["--register", f"tiny-{fmt}"]  # TorchScript: a file only
+    args = ["export", f"runs:/{run_id}", "--format", fmt, "-o", str(out), "--tracking-uri", finished.uri, *register]
     result = run_precrop(finished.folder, *args)
     assert result.returncode == 0, result.stderr
     assert "max |export - pytorch|" in result.stdout
-    plan, model = load_run_model(finished.client, run_id)
-    x = torch.randn(5, *plan.input_shape)
+    # the exported graph normalizes images in [0, 1] with the digits statistics the trial logged
+    loaded = load_run_bundle(finished.client, run_id)
+    assert loaded.preprocess is not None and loaded.preprocess.dataset == "digits"
+    x = torch.rand(5, *loaded.plan.input_shape)
+    mean = torch.tensor(loaded.preprocess.mean).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.preprocess.std).view(1, -1, 1, 1)
     with torch.no_grad():
-        expected = model(x).numpy()
+        expected = loaded.model((x - mean) / std).numpy()
     if fmt == "onnx":
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    elif fmt == "pt2":
+        got = torch.export.load(str(out)).module()(x).detach().numpy()
     else:
         got = torch.jit.load(str(out)).eval()(x).detach().numpy()
     assert np.abs(got - expected).max() <= 1e-4
-    version = finished.client.get_model_version_by_alias(f"tiny-{fmt}", "candidate")
-    assert version.run_id == run_id
+    if register:
+        version = finished.client.get_model_version_by_alias(f"tiny-{fmt}", "candidate")
+        assert version.run_id == run_id
 
 
 def test_export_of_a_run_without_weights_fails_in_one_line(finished: Finished) -> None:

@@ -180,3 +180,15 @@ def test_the_checkpoint_index_names_the_next_checkpoint_and_survives_a_restore(t
     assert trial.storage.checkpoint_dir_name == "checkpoint_000006", (
         f"StorageContext.current_checkpoint_index no longer names the next checkpoint_N; {WRITTEN_AGAINST}"
     )
+
+
+def test_experiment_state_saved_finds_the_file_tune_resumes_from(tmp_path: Path) -> None:
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    assert _find_newest_experiment_checkpoint(str(tmp_path)) is None
+    assert not ray_compat.experiment_state_saved(str(tmp_path))
+    (tmp_path / "tuner.pkl").write_bytes(b"")  # the tuner alone is not a state a search can resume from
+    assert not ray_compat.experiment_state_saved(str(tmp_path))
+    (tmp_path / "experiment_state-2026-11-30_06-00-00.json").write_text("{}")
+    assert _find_newest_experiment_checkpoint(str(tmp_path)) is not None
+    assert ray_compat.experiment_state_saved(str(tmp_path))

@@ -1,4 +1,4 @@
-"""The model zoo: built-in architectures and the registry that names them."""
+"""The model zoo: built-in architectures, the registry that names them, and model sources (sources.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ from precrop.nn.zoo.inits import (
     init_torchvision_resnet,
     init_vgg_cifar,
 )
-from precrop.nn.zoo.registry import ArchSpec, DuplicateArchError, Registry, UnknownArchError
+from precrop.nn.zoo.registry import ArchSpec, DuplicateArchError, ModelSourceError, Registry, UnknownArchError
 
-__all__ = ["REGISTRY", "ArchSpec", "DuplicateArchError", "Registry", "UnknownArchError", "build_model"]
+__all__ = [
+    "REGISTRY",
+    "ArchSpec",
+    "DuplicateArchError",
+    "ModelSourceError",
+    "Registry",
+    "UnknownArchError",
+    "build_model",
+]
 
 
 def _cifar_resnet(depth: int) -> ArchSpec:

@@ -7,6 +7,7 @@ The torchvision recipes mirror the loops at the end of torchvision's model const
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -70,12 +71,55 @@ def init_pytorch_default(model: nn.Module) -> None:
             reset()
 
 
+def call_own_init(model: nn.Module) -> None:
+    """The model's own `init_weights()` when it has one that takes no argument (timm's ResNet, ...)."""
+    own = getattr(model, "init_weights", None)
+    if not callable(own):
+        return
+    try:
+        signature = inspect.signature(own)
+    except (TypeError, ValueError):
+        return
+    required = [
+        p for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]  # fmt: skip
+    if not required:
+        own()
+
+
+def init_user_model(model: nn.Module) -> None:
+    """A `module.path:callable` model: PyTorch's default init of every layer, then its own `init_weights()`."""
+    init_pytorch_default(model)
+    call_own_init(model)
+
+
+def init_timm_cnn(model: nn.Module) -> None:
+    """A timm model: the recipe most of timm's CNN families share, then the model's own `init_weights()`.
+
+    timm applies each family's init inside its constructor (module-level `_init_weights` functions that
+    are not part of its API), so after resizing we use what ResNet, EfficientNet, RegNet, DLA and others
+    have in common: default layer init, Kaiming-normal fan_out convs with zero bias, norms at 1/0.
+    """
+    init_pytorch_default(model)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        _norms_to_identity(m)
+    call_own_init(model)
+
+
 __all__ = [
     "Init",
+    "call_own_init",
     "init_cifar_resnet",
     "init_pytorch_default",
+    "init_timm_cnn",
     "init_torchvision_efficientnet",
     "init_torchvision_mobilenetv2",
     "init_torchvision_resnet",
+    "init_user_model",
     "init_vgg_cifar",
 ]

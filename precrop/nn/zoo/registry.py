@@ -1,49 +1,38 @@
-"""A strict registry of model architectures: names map to builders, duplicates are errors."""
+"""A strict registry of model architectures: names map to builders, duplicates are errors.
+
+`Registry.get` is the one place a model's name is resolved: a registered (built-in) name, or any model
+source of precrop/nn/zoo/sources.py (torchvision:<name>, timm:<name>, module.path:callable).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
-from torch import nn
+from precrop.nn.zoo.sources import SOURCE_FORMS, TORCHVISION_PREFIX, resolve_source, source_kind
+from precrop.nn.zoo.spec import ArchSpec, DuplicateArchError, ModelSourceError, UnknownArchError, shown
 
-from precrop.errors import UserError
-
-TORCHVISION_PREFIX = "torchvision:"
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to build one architecture, and its natural number of classes and input size."""
-
-    name: str
-    build: Callable[[int], nn.Module]
-    num_classes: int
-    input_size: int
-    description: str
-    init: Callable[[nn.Module], None] | None = None
-
-
-class DuplicateArchError(ValueError):
-    """Raised when a name is registered twice."""
-
-
-class UnknownArchError(UserError):
-    """Raised for a name that is neither registered nor a torchvision classification model."""
+__all__ = [
+    "TORCHVISION_PREFIX",
+    "ArchSpec",
+    "DuplicateArchError",
+    "ModelSourceError",
+    "Registry",
+    "UnknownArchError",
+]
 
 
 class Registry:
-    """Name -> ArchSpec. `torchvision:<name>` resolves any torchvision classification model."""
+    """Name -> ArchSpec; names holding a ':' are model sources, resolved by `precrop.nn.zoo.sources`."""
 
     def __init__(self) -> None:
         self._specs: dict[str, ArchSpec] = {}
 
     def register(self, spec: ArchSpec) -> None:
-        """Add `spec`; a name that is already taken raises DuplicateArchError."""
+        """Add `spec`; a name that is already taken (or holds the source separator ':') raises DuplicateArchError."""
         if spec.name in self._specs:
             raise DuplicateArchError(f"architecture {spec.name!r} is already registered")
-        if spec.name.startswith(TORCHVISION_PREFIX):
-            raise DuplicateArchError(f"the prefix {TORCHVISION_PREFIX!r} is reserved")
+        if source_kind(spec.name) is not None:
+            raise DuplicateArchError(f"{spec.name!r}: names with ':' are reserved for model sources")
         self._specs[spec.name] = spec
 
     def names(self) -> list[str]:
@@ -57,34 +46,11 @@ class Registry:
         return name in self._specs
 
     def get(self, name: str) -> ArchSpec:
-        """The spec for `name`, or UnknownArchError listing the valid names."""
+        """The spec for a registered name or a model source; UnknownArchError (one line) otherwise."""
         if name in self._specs:
             return self._specs[name]
-        if name.startswith(TORCHVISION_PREFIX):
-            return _torchvision_spec(name)
-        valid = ", ".join(self.names())
-        raise UnknownArchError(f"unknown architecture {name!r}; valid names: {valid}, or torchvision:<model name>")
-
-
-def torchvision_classification_models() -> list[str]:
-    """Names of torchvision's classification models (no detection/segmentation/video)."""
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _torchvision_spec(name: str) -> ArchSpec:
-    tv_name = name[len(TORCHVISION_PREFIX) :]
-    available = torchvision_classification_models()
-    if tv_name not in available:
-        raise UnknownArchError(f"unknown torchvision classification model {tv_name!r}; valid: {', '.join(available)}")
-
-    def build(num_classes: int) -> nn.Module:
-        import torchvision
-
-        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
-
-    from precrop.nn.zoo.inits import init_pytorch_default
-
-    size = 299 if tv_name == "inception_v3" else 224
-    return ArchSpec(name, build, 1000, size, f"torchvision.models.{tv_name}", init_pytorch_default)
+        if source_kind(name) is not None:
+            return resolve_source(name)
+        raise UnknownArchError(
+            f"unknown architecture {shown(name)}; valid names: {', '.join(self.names())}, or {', '.join(SOURCE_FORMS)}"
+        )

@@ -32,6 +32,14 @@ def test_unknown_name_lists_valid_names() -> None:
         REGISTRY.get("nope")
     assert "'nope'" in str(info.value)
     assert all(name in str(info.value) for name in EXPECTED)
+    assert "timm:<name>" in str(info.value) and "module.path:callable" in str(info.value)
+
+
+def test_names_with_a_colon_are_reserved_for_model_sources() -> None:
+    registry = Registry()
+    for name in ("torchvision:tiny", "timm:tiny", "mine:tiny"):
+        with pytest.raises(DuplicateArchError, match="reserved for model sources"):
+            registry.register(ArchSpec(name, lambda n: nn.Linear(4, n), 2, 4, "tiny"))
 
 
 def test_torchvision_prefix_builds_any_classifier() -> None:
