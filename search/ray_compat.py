@@ -1,6 +1,7 @@
-"""The only module that touches private Ray and Tune APIs: each use is one small function here.
+"""The only module that touches private Ray and Tune APIs (and Optuna's, for the study Tune's searcher holds):
+each use is one small function here.
 
-Written against Ray 2.60 (`ray[tune]`); tests/search/test_ray_compat.py fails, naming the attribute,
+Written against Ray 2.60 (`ray[tune]`) and Optuna 5.0; tests/search/test_ray_compat.py fails, naming the attribute,
 when an installed Ray no longer has one of them. Each function says why no public API serves.
 """
 
@@ -139,3 +140,12 @@ def _invalidate(trial: Trial) -> None:
     """Tune caches a trial's saved form: the next experiment state must hold the changed bookkeeping."""
     trial.invalidate_json_state()
     trial.run_metadata.invalidate_cache()
+
+
+def requeue_optuna_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Put a RUNNING trial of `study` back in its queue (WAITING): the next `study.ask` hands it out again with
+    the parameters it has. Optuna has no public call for this; its storages allow RUNNING -> WAITING (only a
+    finished state is final), through the private `Study._storage` and `FrozenTrial._trial_id` (Optuna 5.0)."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)

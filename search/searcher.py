@@ -221,15 +221,14 @@ class ParetoOptunaSearch(OptunaSearch):
 
         Such trials exist only after a resume: Optuna stored them (asked for Tune trials) after Tune's last
         save, and the driver was killed before the next, so Tune lost those Tune trials and suggests new ones
-        in their place. `ask` completes a trial killed halfway through its parameters. Optuna has no public
-        call that requeues a stored trial; its storages allow RUNNING -> WAITING (only finished is final).
+        in their place. `ask` completes a trial killed halfway through its parameters.
         """
         held = set(self._numbers().values())
         study = ray_compat.optuna_study(self)
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in held:
                 logger.info("Optuna trial %d, stored before the resume, goes to the next Tune trial", frozen.number)
-                study._storage.set_trial_state_values(frozen._trial_id, TrialState.WAITING)
+                ray_compat.requeue_optuna_trial(study, frozen)
 
     def _stored_trial(self, study: optuna.Study, trial_id: str, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """The trial as the study's storage holds it now (the `optuna.Trial` object caches an old copy)."""

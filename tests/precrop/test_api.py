@@ -145,6 +145,14 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert torch.equal(by_name(x), expected) and torch.equal(from_dense(x), expected)
 
 
+def test_the_default_source_rebuilds_an_importable_class(tmp_path: Path) -> None:
+    small, plan = precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.5)
+    precrop.save(tmp_path, small, plan)
+    rebuilt, _ = precrop.load(tmp_path)  # plan.arch = tests.precrop.test_api:TinyResidualNet, a model source
+    assert type(rebuilt) is TinyResidualNet
+    assert torch.equal(rebuilt(EXAMPLE), small.eval()(EXAMPLE))
+
+
 def test_load_refuses_weights_of_another_model(tmp_path: Path) -> None:
     small, plan = precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.5)
     other, _ = precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.8)

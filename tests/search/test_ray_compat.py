@@ -192,3 +192,13 @@ def test_experiment_state_saved_finds_the_file_tune_resumes_from(tmp_path: Path)
     (tmp_path / "experiment_state-2026-11-30_06-00-00.json").write_text("{}")
     assert _find_newest_experiment_checkpoint(str(tmp_path)) is not None
     assert ray_compat.experiment_state_saved(str(tmp_path))
+
+
+def test_a_requeued_optuna_trial_is_asked_again_with_its_parameters() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    first = study.ask()
+    x = first.suggest_float("x", 0.0, 1.0)
+    ray_compat.requeue_optuna_trial(study, study.get_trials(deepcopy=False)[0])
+    assert study.get_trials(deepcopy=False)[0].state == optuna.trial.TrialState.WAITING
+    again = study.ask()
+    assert again.number == first.number and again.suggest_float("x", 0.0, 1.0) == x
