@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -16,6 +17,8 @@ from typing import NoReturn
 from precrop.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process SIGPIPE ended
+EXIT_INTERRUPTED = 128 + 2  # ... and for one SIGINT (Ctrl-C) ended
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -154,12 +157,24 @@ def run_precrop_command(args: argparse.Namespace) -> int:
 
 
 def run_reporting_user_errors(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Call `handler`; a UserError becomes one line on stderr and exit code 2."""
+    """Call `handler`; a UserError becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
     try:
         return handler(args)
     except UserError as exc:
         print(f"precrop: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `precrop info --list | head`: the reader left; stop quietly, as `cat` would
+        return _reader_gone()
+    except KeyboardInterrupt:  # Ctrl-C: one line, and the exit status a shell gives a process SIGINT ended
+        print("precrop: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _reader_gone() -> int:
+    """Point stdout at /dev/null (so the interpreter's final flush cannot fail again) and exit 141 (SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

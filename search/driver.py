@@ -306,7 +306,9 @@ def _fit(
             ),
             run_config=run_config,
         )  # fmt: skip
-    tuner.fit()
+    results = tuner.fit()
+    if len(results) < trials or _unfinished_trials(record.path):
+        raise KeyboardInterrupt  # Tune caught Ctrl-C (SIGINT), saved its state and returned early
 
 
 def _optuna_study(record: SearchRecord) -> dict[str, Any]:
@@ -338,11 +340,40 @@ def _scheduler(config: ExperimentConfig) -> TrialScheduler:
 
 
 def _close_leftover_runs(client: MlflowClient, record: SearchRecord, status: RunStatus) -> None:
-    """No child run stays RUNNING once the driver stops: interrupted ones are KILLED (resume reopens them)."""
+    """No child run stays RUNNING once the driver stops: interrupted ones are KILLED (resume reopens them).
+
+    A trial Tune stopped while it shut down after Ctrl-C ended its own run as "stopped" (Tune stops it as
+    ASHA does, by raising SystemExit in `tune.report`); Tune's saved state still holds it unfinished, to run
+    on at `--resume`, so its run is relabelled interrupted too.
+    """
+    unfinished = _unfinished_trials(record.path) if status == RunStatus.KILLED else set()
     for run in tracking.trial_runs(client, record.experiment_id, record.parent_run_id):
-        if run.info.status in ACTIVE_STATUSES:
+        stopped_by_shutdown = (run.data.tags.get(Tag.OUTCOME) == Outcome.STOPPED
+                               and run.data.tags.get(Tag.TRIAL_ID) in unfinished)  # fmt: skip
+        if run.info.status in ACTIVE_STATUSES or stopped_by_shutdown:
             reason = f"search ended ({status}) with the trial open"
             tracking.end_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
+
+
+def _unfinished_trials(path: str) -> set[str]:
+    """Ids of the trials Tune's saved state holds as not yet ended (to run on at resume); empty when none saved.
+
+    Tune catches the first SIGINT itself: it stops the running trials, saves the experiment one last time
+    and returns from `fit` as if the search were done. Its interrupt flag is local to `tune.run` and its
+    ResultGrid then counts the stopped trials as terminated; only the saved state still holds them
+    unfinished (PENDING), as `--resume` will see them. At a normal end every saved trial has ended.
+    """
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    if not tune_state_saved(path):
+        return set()
+    try:
+        trials = ExperimentAnalysis(path).trials
+    except (OSError, ValueError) as exc:  # a state Tune was writing when the driver stopped
+        print(f"warning: cannot read Tune's saved state: {tracking.first_line(exc)}", file=sys.stderr)
+        return set()
+    return {t.trial_id for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
 
 
 def print_ui_hint(record: SearchRecord) -> None:

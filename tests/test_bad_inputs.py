@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -427,15 +428,34 @@ def test_gpus_asked_of_a_cluster_without_any(tmp_path: Path) -> None:
     assert not (tmp_path / "ray_results").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
-def test_output_directory_without_write_permission(workdir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def _obeying_permissions() -> list[str]:
+    """A command prefix under which the command obeys file permission bits: none for a normal user; for root
+    (how CI runs), setpriv dropping CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, the capabilities that let root
+    write anywhere. Skips where root has no setpriv."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and util-linux's setpriv is missing: root would write into a 0500 folder")
+    drop = "-dac_override,-dac_read_search"
+    prefix = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", "--"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:  # a container without CAP_SETPCAP cannot drop from its bounding set
+        pytest.skip(f"running as root and setpriv cannot drop capabilities here: {probe.stderr.strip()[:120]}")
+    return prefix
+
+
+def test_output_directory_without_write_permission(workdir: Path) -> None:
     locked = workdir / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    command = [*_obeying_permissions(), sys.executable, "-m", "precrop.cli", "allocate", "cifar_resnet20", "--macs",
+               "0.5", "-o", "locked/p.json"]  # fmt: skip
     try:
-        code, err = _run_in_process(["allocate", "cifar_resnet20", "--macs", "0.5", "-o", "locked/p.json"], capfd)
+        done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
     finally:
         locked.chmod(0o700)
-    assert code == 2
-    assert err.strip().startswith("precrop: error: cannot write locked/p.json")
+    code, err = done.returncode, done.stderr
+    assert code == 2, err
+    assert err.strip().startswith("precrop: error: cannot write locked/p.json"), err
     assert list(locked.iterdir()) == []

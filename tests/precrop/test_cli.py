@@ -66,3 +66,20 @@ def test_user_errors_are_one_line_with_exit_2(args: list[str], needle: str) -> N
     assert needle in lines[0]
     assert "Traceback" not in out.stderr
     assert out.stdout == ""
+
+
+def test_a_reader_that_left_ends_the_command_quietly() -> None:
+    """`precrop info --list | head -1`: the write fails with EPIPE; no traceback, exit 141 as after SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything: every write fails
+    try:
+        done = subprocess.run([sys.executable, "-m", "precrop.cli", "info", "--list"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 141

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -20,6 +25,7 @@ from tests.search.conftest import (
     kill_search_when,
     run_precrop,
     run_search_script,
+    search_env,
     write_config,
 )
 
@@ -167,6 +173,65 @@ def test_a_kill_at_any_moment_leaves_a_resumable_search(tmp_path: Path, moment: 
     resumed = run_search_script(tmp_path, "resumable.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_finished_search(tmp_path, SMALL_TRIALS, SMALL_EPOCHS)
+
+
+def _interrupt_search_when(folder: Path, config: str, ready: Callable[[Path], bool]) -> tuple[int, str]:
+    """Start `python search.py CONFIG`, send SIGINT to its process group (what Ctrl-C in a terminal does)
+    the first time `ready(folder)` holds, and return its exit code and stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "search.py", config], cwd=folder, env=search_env(), text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not ready(folder):
+            assert process.poll() is None, "the search ended before it could be interrupted"
+            assert time.monotonic() < deadline, "the search never got to its first checkpoint"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+    return process.returncode, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_interrupted_and_resume_finishes_each_epoch_once(tmp_path: Path) -> None:
+    """Ctrl-C mid-training: exit 130 with the resume hint, the parent run KILLED, the open trials labelled
+    interrupted (never "stopped early by ASHA", though Tune stops them as ASHA does); then `--resume`
+    finishes every trial with one value per epoch."""
+    epochs = 6  # the interrupt lands after epoch 1 of a trial: 5 epochs are left, so the search cannot end first
+    config = copy.deepcopy(TINY_CONFIG)
+    config["name"] = "resumable"
+    config["space"]["epochs"] = epochs
+    config["search"] = {"trials": SMALL_TRIALS, "concurrency": 2, "seed": 3}
+    config["asha"] = {"enabled": False}
+    config["ray"] = {"checkpoint_every_s": 0}
+    copy_search_script(tmp_path)
+    write_config(tmp_path, config, "resumable.yaml")
+
+    code, err = _interrupt_search_when(tmp_path, "resumable.yaml", MOMENTS["between two checkpoints"])
+    assert code == 130, err[-3000:]
+    assert "interrupted: resume with --resume" in err and err.strip().endswith("precrop: interrupted"), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    children = _children(client)
+    outcomes = [r.data.tags.get("precrop.outcome") for r in children]  # type: ignore[attr-defined]
+    assert "interrupted" in outcomes and "stopped" not in outcomes, outcomes
+    assert not any(r.info.status == "RUNNING" for r in children)  # type: ignore[attr-defined]
+    experiment = client.get_experiment_by_name("resumable")
+    assert experiment is not None
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("precrop.role") == "search"]
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+
+    resumed = run_search_script(tmp_path, "resumable.yaml", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _assert_finished_search(tmp_path, SMALL_TRIALS, epochs)
+    for run in _children(client):
+        history = client.get_metric_history(run.info.run_id, "val_acc")  # type: ignore[attr-defined]
+        assert len(history) == epochs, [m.step for m in history]
 
 
 # --- the fallback itself, without a Ray cluster ---
