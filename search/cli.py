@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
-    """Register `search`, `study`, `reconcile`, `pareto` and `export`."""
+    """Register `search`, `study`, `reconcile`, `pareto`, `export` and `doctor`."""
     search = commands.add_parser("search", help="run a Ray Tune + Optuna search described by a YAML config")
     search.add_argument("config", help="experiment config (YAML), e.g. configs/quickstart.yaml")
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -87,6 +87,21 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
                         "models:/NAME@ALIAS")  # fmt: skip
     export.add_argument("--alias", default="candidate", help="alias for the registered version (default candidate)")
 
+    doctor = commands.add_parser(
+        "doctor", help="list what searches left behind on this machine, with the command that cleans each",
+        description="Lists Ray processes no live program owns, RUNNING MLflow runs no live search can end, and "
+        "search records whose search is gone, each with the exact command that cleans it. It reads only "
+        "(--end-run aside) and removes nothing. Exit status: 0 when nothing is found, 1 when something is, "
+        "2 on an error (a tracking store that does not exist).",
+    )  # fmt: skip
+    doctor.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    doctor.add_argument("--storage-path", default=None, metavar="DIR", help="where the searches' Tune folders are "
+                        "(default: $PRECROP_STORAGE_PATH, else ./ray_results)")  # fmt: skip
+    doctor.add_argument("--json", action="store_true", help="print the findings as one JSON object")
+    doctor.add_argument("--end-run", action="append", default=[], metavar="RUN_ID",
+                        help="end this RUNNING run (KILLED) that doctor judges stale and `precrop reconcile` "
+                        "cannot end (its Tune state is gone); repeatable")  # fmt: skip
+
 
 def _budgets(text: str) -> tuple[float, ...]:
     try:
@@ -110,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"allocate": _run_allocate, "train": _run_train, "search": _run_search, "study": _run_study,
-                "reconcile": _run_reconcile, "pareto": _run_pareto, "export": _run_export}  # fmt: skip
+                "reconcile": _run_reconcile, "pareto": _run_pareto, "export": _run_export,
+                "doctor": _run_doctor}  # fmt: skip
     handler = handlers.get(args.command)
     return handler(args) if handler is not None else run_precrop_command(args)
 
@@ -229,6 +245,26 @@ def _run_export(args: argparse.Namespace) -> int:
               f"MLFLOW_TRACKING_URI={shown_uri} mlflow models serve -m models:/{args.register}@{args.alias} "
               "--env-manager local")  # fmt: skip
     return 0
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    """`precrop doctor`: what searches left behind here (exit 1 when anything), or --end-run stale runs."""
+    import json
+    import socket
+
+    from search import doctor, ray_compat, tracking
+    from search.config import ExperimentConfig, default_tracking_uri, storage_path_of
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
+    client = tracking.client_for(uri, create=False)
+    storage = args.storage_path or storage_path_of(ExperimentConfig())
+    report = doctor.examine(client, uri, storage, doctor.list_processes(), ray_compat.ray_start_address(),
+                            socket.gethostname(), doctor.now())  # fmt: skip
+    if args.end_run:
+        print("\n".join(doctor.end_stale_runs(client, report.runs, args.end_run)))
+        return 0
+    print(json.dumps(doctor.as_json(report)) if args.json else doctor.render(report))
+    return 1 if report.found else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

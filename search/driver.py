@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from precrop.errors import UserError
-from search import ray_compat, tracking
+from search import tracking
 from search.cluster import init_ray, trial_resources
 from search.config import ConfigError, ExperimentConfig, storage_path_of, tracking_uri_of
-from search.records import SearchRecord, optuna_study_name, read_record, write_record
+from search.records import SearchRecord, optuna_study_name, read_record, tune_state_saved, write_record
 from search.schema import ACTIVE_STATUSES, Outcome, RunStatus, Tag
 from search.study import Study
 from search.summary import finish_search
@@ -201,18 +201,6 @@ def _resumed_record(client: MlflowClient, config: ExperimentConfig, experiment: 
     # the study stays where the search began it (Tune restores the searcher, storage included)
     stored = tags.get(Tag.OPTUNA_STORAGE), tags.get(Tag.OPTUNA_STUDY)
     return SearchRecord(tags[Tag.SEARCH], path, uri, experiment, parent.info.run_id, config.to_dict(), None, *stored)
-
-
-def tune_state_saved(path: str) -> bool:
-    """Whether Tune saved enough in the search directory `path` to restore the search from it.
-
-    `Tuner.can_restore` asks only for tuner.pkl, which Tune writes before the first trial; restored from that
-    alone, a search would lose its search space and its number of trials (Tune restores both from its
-    experiment state), so until Tune saved one, a resumed search starts over under the same parent run.
-    """
-    from ray.tune import Tuner
-
-    return Tuner.can_restore(path) and ray_compat.experiment_state_saved(path)
 
 
 def _redacted(config: ExperimentConfig) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 Tune keeps every result of every trial (result.json) and each trial's latest checkpoint (the loop
 state, whose weights and epoch history are the run's, plus plan.json and the run id). From those,
 `reconcile_search` creates missing child runs, logs missing params, plan, per-epoch metrics and final
-weights, and gives each run the status its Tune trial ended with. It only adds what is missing, so
-it is safe to run again. The driver calls it after every search; `precrop reconcile SEARCH_DIR` runs
-it (and the summary) by hand once a tracking server that went away is back.
+weights, and gives each run the status its Tune trial ended with; a run still open whose trial Tune never
+saved is ended as interrupted. It only adds what is missing, so it is safe to run again. The driver calls
+it after every search; `precrop reconcile SEARCH_DIR` runs it (and the summary) by hand once a tracking
+server that went away is back.
 """
 
 from __future__ import annotations
@@ -104,7 +105,23 @@ def reconcile_search(client: MlflowClient, record: SearchRecord) -> Reconciled:
         rows = [] if frame is None else frame.to_dict("records")
         _reconcile_trial(client, record, config, trial, rows, done)
         done.trials += 1
+    done.runs_ended += end_runs_of_lost_trials(client, record, {t.trial_id for t in analysis.trials})
     return done
+
+
+def end_runs_of_lost_trials(client: MlflowClient, record: SearchRecord, known: set[str]) -> int:
+    """End (KILLED, outcome interrupted) the search's open trial runs whose trial Tune's saved state does not
+    hold (`known`: the trial ids it does): a driver killed before Tune saved a new trial leaves its run
+    RUNNING, and no resume continues it (the searcher proposes the point again as another trial).
+    Returns how many it ended."""
+    ended = 0
+    for run in tracking.trial_runs(client, record.experiment_id, record.parent_run_id):
+        trial_id = run.data.tags.get(Tag.TRIAL_ID)
+        if run.info.status in ACTIVE_STATUSES and trial_id not in known:
+            reason = f"Tune's saved state holds no trial {trial_id}: the driver stopped before Tune saved it"
+            tracking.end_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
+            ended += 1
+    return ended
 
 
 def _reconcile_trial(

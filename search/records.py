@@ -85,3 +85,17 @@ def storage_filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
         fs, inner = pyarrow.fs.FileSystem.from_uri(path)
         return fs, str(inner)
     return pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def tune_state_saved(path: str) -> bool:
+    """Whether Tune saved enough in the search directory `path` to restore (or reconcile) the search from it.
+
+    `Tuner.can_restore` asks only for tuner.pkl, which Tune writes before the first trial; restored from that
+    alone, a search would lose its search space and its number of trials (Tune restores both from its
+    experiment state), so until Tune saved one, a resumed search starts over under the same parent run.
+    """
+    from ray.tune import Tuner
+
+    from search.ray_compat import experiment_state_saved
+
+    return bool(Tuner.can_restore(path)) and experiment_state_saved(path)

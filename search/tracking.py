@@ -289,6 +289,36 @@ def trial_runs(client: MlflowClient, experiment: str, parent_id: str | None = No
             return runs
 
 
+def running_search_runs(client: MlflowClient) -> list[Run]:
+    """Every RUNNING parent run and trial run (tagged with a `precrop.role`) of the store's active experiments."""
+    experiments: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        experiments += [str(e.experiment_id) for e in page]
+        token = page.token
+        if not token:
+            break
+    runs: list[Run] = []
+    for start in range(0, len(experiments), 100):  # a bounded number of experiments per request
+        for role in (Role.SEARCH, Role.TRIAL):
+            query = f"attributes.status = '{RunStatus.RUNNING}' and tags.`{Tag.ROLE}` = '{role}'"
+            runs += _all_runs(client, experiments[start : start + 100], query)
+    return runs
+
+
+def _all_runs(client: MlflowClient, experiments: list[str], filter_string: str) -> list[Run]:
+    """Every run of `experiments` that matches `filter_string`, page by page."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(experiments, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, Any] = {}

@@ -30,8 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 
 from search.config import OPTUNA_STORAGE_ENV, ConfigError, load_config, parse_config
-from search.driver import _optuna_study, tune_state_saved
-from search.records import SearchRecord, optuna_study_name
+from search.driver import _optuna_study
+from search.records import SearchRecord, optuna_study_name, tune_state_saved
 from search.searcher import ParetoOptunaSearch, make_sampler, objectives, open_storage, storage_url
 from search.summary import optuna_hint
 from tests.search.conftest import TINY_CONFIG, copy_search_script, kill_search_when, run_search_script, write_config

@@ -31,8 +31,9 @@ def test_local_store_path(uri: str, path: str | None) -> None:
     [
         ["pareto", "--experiment", "x"],
         ["export", "0123456789abcdef", "--format", "onnx"],
+        ["doctor", "--storage-path", "ray_results"],
     ],
-    ids=["pareto", "export"],
+    ids=["pareto", "export", "doctor"],
 )
 @pytest.mark.parametrize("uri", ["sqlite:///sub/new.db", "file:sub/mlruns"])
 def test_a_missing_store_is_reported_and_not_created(
