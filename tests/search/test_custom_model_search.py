@@ -45,6 +45,7 @@ def test_runtime_env_ships_only_a_module_that_is_not_installed(tmp_path: Path, m
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a whole search (about 25 s); the plan-records-the-source path is covered without Ray
 def test_search_on_a_custom_model(tmp_path: Path) -> None:
     lib, run = tmp_path / "lib", tmp_path / "run"
     lib.mkdir()

@@ -111,7 +111,9 @@ def test_pareto_command_recomputes_the_same_front(finished: Finished) -> None:
     assert front == {c.info.run_id for c in finished.children if c.data.tags["pareto"] == "true"}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
+# onnx in the default run; pt2 and torchscript (each format is also checked without Ray in test_export.py) in -m slow
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("pt2", marks=pytest.mark.slow),
+                                 pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_export_round_trip(finished: Finished, fmt: str) -> None:
     member = next(c for c in finished.children if c.data.tags["pareto"] == "true")  # type: ignore[attr-defined]
     run_id = member.info.run_id  # type: ignore[attr-defined]
