@@ -15,7 +15,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ BOUNDED_RETRIES = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+# the first request to a tracking server (client_for): a server that accepts connections and never answers
+# held it 127 s under BOUNDED_RETRIES (4 attempts x 30 s + backoff, measured), so the probe gets 2 x 10 s
+PROBE_SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 _PASSWORD_IN_URI = re.compile(r"(://[^/:@\s]+):[^@\s]+@")
 
 
@@ -57,6 +61,23 @@ def bound_http_retries() -> None:
     MLFLOW_HTTP_REQUEST_* variables)."""
     for name, value in BOUNDED_RETRIES.items():
         os.environ.setdefault(name, value)
+
+
+@contextmanager
+def probe_settings() -> Iterator[None]:
+    """MLflow's HTTP settings for a first request (PROBE_SETTINGS), unless the user set other values; restored
+    after. The settings are process-wide environment variables, read by MLflow at every request."""
+    chosen = {k: v for k, v in PROBE_SETTINGS.items() if os.environ.get(k) in (None, BOUNDED_RETRIES.get(k))}
+    saved = {k: os.environ.get(k) for k in chosen}
+    os.environ.update(chosen)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def redact_uri(text: str) -> str:
@@ -132,8 +153,9 @@ def client_for(uri: str, create: bool = True) -> MlflowClient:
         require_existing_store(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # connection refused, bad database URI, ...
+        with probe_settings():
+            client.search_experiments(max_results=1)
+    except Exception as exc:  # connection refused, bad database URI, a server that never answers, ...
         message = redact_uri(first_line(exc))
         raise TrackingError(f"cannot reach MLflow tracking at {redact_uri(uri)}: {message}") from exc
     return client

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,25 @@ def kill_search_when(folder: Path, config: str, ready: Callable[[Path], bool], w
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
+
+
+@dataclass(frozen=True)
+class SearchRuns:
+    """What a finished search left in `folder/mlflow.db`: its parent (role search) and child (role trial) runs."""
+
+    client: Any  # MlflowClient (imported lazily: this module is imported by tests that never touch MLflow)
+    experiment_id: str
+    parents: list[Any]
+    children: list[Any]
+
+
+def search_runs(folder: Path, experiment: str) -> SearchRuns:
+    """The runs of `experiment` in the sqlite store `folder/mlflow.db`, split by their precrop.role tag."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} in {folder / 'mlflow.db'}"
+    runs = client.search_runs([found.experiment_id])
+    by_role = {role: [r for r in runs if r.data.tags.get("precrop.role") == role] for role in ("search", "trial")}
+    return SearchRuns(client, found.experiment_id, by_role["search"], by_role["trial"])

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from precrop.width.plan import WidthPlan
 from search.cluster import worker_runtime_env
-from tests.search.conftest import TINY_CONFIG, copy_search_script, search_env, write_config
+from tests.search.conftest import TINY_CONFIG, copy_search_script, search_env, search_runs, write_config
 
 MODULE = """
 from torch import nn
@@ -63,11 +62,8 @@ def test_search_on_a_custom_model(tmp_path: Path) -> None:
         [sys.executable, "search.py", "config.yaml"], cwd=run, env=env, capture_output=True, text=True, timeout=400
     )
     assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if r.data.tags.get("precrop.role") == "trial"]
+    runs = search_runs(run, "tiny")
+    client, children = runs.client, runs.children
     assert len(children) == 2
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["precrop.outcome"] == "completed"

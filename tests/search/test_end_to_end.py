@@ -16,7 +16,14 @@ import torch
 from mlflow import MlflowClient
 
 from search.models import load_run_bundle, load_run_model
-from tests.search.conftest import TINY_CONFIG, copy_search_script, run_precrop, run_search_script, write_config
+from tests.search.conftest import (
+    TINY_CONFIG,
+    copy_search_script,
+    run_precrop,
+    run_search_script,
+    search_runs,
+    write_config,
+)
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
@@ -43,14 +50,9 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     assert sorted(p.name for p in folder.iterdir()) == ["search.py", "tiny.yaml"]
     output = run_search_script(folder, "tiny.yaml")
     assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("precrop.role") == "search"]
-    children = [r for r in runs if r.data.tags.get("precrop.role") == "trial"]
-    assert len(parents) == 1
-    return Finished(folder, output, client, experiment.experiment_id, parents[0], children)
+    runs = search_runs(folder, "tiny")
+    assert len(runs.parents) == 1
+    return Finished(folder, output, runs.client, runs.experiment_id, runs.parents[0], runs.children)
 
 
 def test_one_parent_and_one_finished_child_per_trial(finished: Finished) -> None:

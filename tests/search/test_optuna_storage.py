@@ -34,7 +34,14 @@ from search.driver import _optuna_study
 from search.records import SearchRecord, optuna_study_name, tune_state_saved
 from search.searcher import ParetoOptunaSearch, make_sampler, objectives, open_storage, storage_url
 from search.summary import optuna_hint
-from tests.search.conftest import TINY_CONFIG, copy_search_script, kill_search_when, run_search_script, write_config
+from tests.search.conftest import (
+    TINY_CONFIG,
+    copy_search_script,
+    kill_search_when,
+    run_search_script,
+    search_runs,
+    write_config,
+)
 
 # --- the config key and where "auto" puts the study ---
 
@@ -253,12 +260,9 @@ class Searched:
 
 
 def _runs(folder: Path, experiment_name: str) -> tuple[Run, list[Run]]:
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(experiment_name)
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("precrop.role") == "search"]
-    return parent, [r for r in runs if r.data.tags.get("precrop.role") == "trial"]
+    runs = search_runs(folder, experiment_name)
+    (parent,) = runs.parents
+    return parent, runs.children
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from search.schema import Outcome
 from search.study import GRANULARITY, Cell, cell_from_run, make_study, plan_objective, study_space, summary_rows
 from search.study_stats import paired_difference, paired_rows, reference_of, seed_differences
 from search.tracking import open_parent_run
-from tests.search.conftest import TINY_CONFIG, run_precrop, write_config
+from tests.search.conftest import TINY_CONFIG, run_precrop, search_runs, write_config
 
 # Student t quantiles t_{0.975, df}, from printed tables (independent of scipy)
 T_975 = {1: 12.706204736174698, 2: 4.302652729749464}
@@ -238,13 +238,9 @@ def _tiny_study_config(allocators: list[str]) -> dict[str, Any]:
 
 
 def _children(folder: Path) -> tuple[MlflowClient, Any, list[Any]]:
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tinystudy")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("precrop.role") == "search"]
-    assert len(parents) == 1
-    return client, parents[0], [r for r in runs if r.data.tags.get("precrop.role") == "trial"]
+    runs = search_runs(folder, "tinystudy")
+    assert len(runs.parents) == 1
+    return runs.client, runs.parents[0], runs.children
 
 
 @pytest.mark.ray
