@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -123,12 +123,16 @@ def save(directory: str | Path, model: nn.Module, plan: WidthPlan) -> Path:
     """Write plan.json and model.pt (the state_dict on the CPU) into `directory`; returns it."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomically(root / PLAN_FILE, plan.to_json(indent=2) + "\n")
-    write_atomically(root / WEIGHTS_FILE, buffer.getvalue())
+    write_weights(root, plan, model.state_dict())
     return root
+
+
+def write_weights(directory: Path, plan: WidthPlan, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write plan.json and model.pt (the state_dict, copied to the CPU) into the existing `directory`."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    write_atomically(directory / PLAN_FILE, plan.to_json(indent=2) + "\n")
+    write_atomically(directory / WEIGHTS_FILE, buffer.getvalue())
 
 
 def default_source(model: nn.Module) -> str:

@@ -24,6 +24,7 @@ from torch import nn
 from precrop.api import PLAN_FILE as PLAN_FILE
 from precrop.api import WEIGHTS_FILE as WEIGHTS_FILE
 from precrop.api import load as load_folder
+from precrop.api import write_weights
 from precrop.errors import UserError
 from precrop.fileio import write_atomically
 from precrop.width.plan import WidthPlan, read_plan_file
@@ -205,9 +206,7 @@ def save_weights(
     """Write plan.json and model.pt from a state_dict (copied to the CPU), and preprocess.json when given."""
     if preprocess is not None:
         preprocess.check_plan(plan)
-    state = {k: v.detach().cpu() for k, v in state_dict.items()}
-    write_atomically(directory / PLAN_FILE, plan.to_json(indent=2) + "\n")
-    write_atomically(directory / WEIGHTS_FILE, _torch_bytes(state))
+    write_weights(directory, plan, state_dict)
     if preprocess is not None:
         write_preprocess(directory, preprocess)
 
