@@ -252,13 +252,13 @@ def _run_doctor(args: argparse.Namespace) -> int:
     import json
     import socket
 
-    from search import doctor, ray_compat, tracking
+    from search import doctor, ray_compat, ray_processes, tracking
     from search.config import ExperimentConfig, default_tracking_uri, storage_path_of
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri, create=False)
     storage = args.storage_path or storage_path_of(ExperimentConfig())
-    report = doctor.examine(client, uri, storage, doctor.list_processes(), ray_compat.ray_start_address(),
+    report = doctor.examine(client, uri, storage, ray_processes.list_processes(), ray_compat.ray_start_address(),
                             socket.gethostname(), doctor.now())  # fmt: skip
     if args.end_run:
         print("\n".join(doctor.end_stale_runs(client, report.runs, args.end_run)))

@@ -9,41 +9,85 @@ import site
 import socket
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search import ray_compat
 from search.config import ConfigError, ExperimentConfig
+from search.reaper import Reaper, start_reaper
 
 
-def init_ray(config: ExperimentConfig) -> bool:
-    """Start an embedded Ray or join a cluster; True when embedded (this driver owns the whole cluster)."""
-    import ray
+@dataclass(frozen=True)
+class RayStarted:
+    """The Ray a search runs on: `embedded` when this driver started it (and owns the whole cluster); then
+    `reaper` is the watchdog that kills its processes should the driver die (search/reaper.py)."""
 
+    embedded: bool
+    reaper: Reaper | None = None
+
+    def shutdown(self) -> None:
+        """Disconnect from (or stop) Ray; for an embedded Ray, then end its watchdog."""
+        import ray
+
+        ray.shutdown()
+        if self.reaper is not None:
+            self.reaper.stop()
+
+
+def init_ray(config: ExperimentConfig) -> RayStarted:
+    """Start an embedded Ray (and its watchdog) or join a cluster."""
     address = ray_address(config)
     runtime_env = worker_runtime_env(config.model.arch) or None
+    if address is not None:
+        _join_ray(config, address, runtime_env)
+        return RayStarted(embedded=False)
+    import ray
+
+    started = RayStarted(embedded=True, reaper=start_reaper())  # first: a kill during ray.init is covered too
     try:
-        if address is None:
-            # trials print nothing useful; their errors reach the driver through Tune
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                     runtime_env=runtime_env)  # fmt: skip
-            return True
+        # trials print nothing useful; their errors reach the driver through Tune
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                 runtime_env=runtime_env)  # fmt: skip
+    except BaseException as exc:
+        started.shutdown()
+        raise _init_failed(config, address, runtime_env, exc) from exc
+    return started
+
+
+def _join_ray(config: ExperimentConfig, address: str, runtime_env: dict[str, Any] | None) -> None:
+    """Join the Ray cluster at `address` (ConfigError when it does not answer or refuses)."""
+    import ray
+
+    try:
         if address != "auto" and not _answers(address):
             # Ray would retry (this machine's other addresses too) for minutes before giving up
             raise ConfigError(f"ray.address {address!r}: nothing answers there (is the cluster up? `ray start --head` "
                               "prints its address; pass --address local for an embedded Ray)")  # fmt: skip
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=runtime_env)
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RuntimeEnvSetupError) as exc:
-        hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        if runtime_env is not None and isinstance(exc, ray.exceptions.RuntimeEnvSetupError):
-            shipped = runtime_env["py_modules"][0]
-            raise ConfigError(f"model.arch: cannot ship {shipped[-120:]} to the Ray workers: {first}") from exc
-        raise ConfigError(f"ray.address {address!r}: cannot connect{hint}: {first}") from exc
+    except BaseException as exc:
+        raise _init_failed(config, address, runtime_env, exc) from exc
     have, nodes = ray.cluster_resources(), sum(node["Alive"] for node in ray.nodes())
     print(f"joined the Ray cluster at {address}: {nodes} node(s), {have.get('CPU', 0):g} CPUs, "
           f"{have.get('GPU', 0):g} GPUs now (autoscaling adds workers while trials wait)", flush=True)  # fmt: skip
-    return False
+
+
+def _init_failed(
+    config: ExperimentConfig, address: str | None, runtime_env: dict[str, Any] | None, exc: BaseException
+) -> BaseException:  # fmt: skip
+    """What to raise when `ray.init` failed: a one-line ConfigError for what a user can fix, else `exc`."""
+    import ray
+
+    if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RuntimeEnvSetupError)):
+        return exc
+    hint = "" if config.ray.address else " (found by `ray start`; pass --address local for an embedded Ray)"
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if runtime_env is not None and isinstance(exc, ray.exceptions.RuntimeEnvSetupError):
+        shipped = runtime_env["py_modules"][0]
+        return ConfigError(f"model.arch: cannot ship {shipped[-120:]} to the Ray workers: {first}")
+    if address is None:
+        return ConfigError(f"cannot start an embedded Ray: {first}")
+    return ConfigError(f"ray.address {address!r}: cannot connect{hint}: {first}")
 
 
 # the project's own packages: every node of a cluster has them installed (cluster/*.yaml setup)

@@ -23,13 +23,21 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from precrop.errors import UserError
 from search import tracking
+from search.ray_processes import (
+    SESSION,
+    ProcessInfo,
+    ancestors,
+    is_ray_process,
+    is_search_driver,
+    session_of,
+)
 from search.records import RECORD_FILE, SearchRecord, read_record, tune_state_saved
 from search.schema import Outcome, Role, RunStatus, Tag
 
@@ -37,40 +45,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-# session_2026-11-30_07-16-08_644318_20380: Ray's session folder, named after the process that started Ray
-_SESSION = re.compile(r"session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d+_(\d+)")
-# a Python script of the ray package (dashboard, monitor, log_monitor, agents, workers before they rename)
-_RAY_SCRIPT = re.compile(r"[/\\]ray[/\\](?:core|dashboard|_private|autoscaler)[/\\]")
-_RAY_BINARIES = ("raylet", "gcs_server", "plasma_store")
 _NODE_ID = re.compile(r"^--node[-_]id=([0-9a-f]+)$")
-_DRIVER_COMMANDS = ("search", "study")
 # a starter may be a moment younger than the processes it started (start times are rounded by the kernel)
 _START_SLACK_S = 1.0
-_ANCESTOR_DEPTH = 64
 _YOUNG_S = 60.0
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    """One process of this machine, as `precrop doctor` looks at it."""
-
-    pid: int
-    ppid: int
-    cmdline: tuple[str, ...]
-    rss_bytes: int = 0
-    started: float = 0.0  # seconds since the epoch
-    open_paths: tuple[str, ...] = ()  # files it holds open (a Ray process: its session's logs)
-
-    @property
-    def name(self) -> str:
-        """`ray::ImplicitFunc`, `raylet`, or the script a Python process runs."""
-        args = [a for a in self.cmdline if a]
-        if not args:
-            return "?"
-        if args[0].startswith("ray::"):
-            return args[0]
-        script = next((a for a in args[1:3] if a.endswith(".py")), None)
-        return os.path.basename(script or args[0])
 
 
 @dataclass(frozen=True)
@@ -146,50 +124,6 @@ class Report:
 # ----- Ray processes -----
 
 
-def list_processes() -> list[ProcessInfo]:
-    """The processes of this machine (psutil); their open files only where the session must come from them."""
-    try:
-        import psutil  # type: ignore[import-untyped]  # no type information shipped
-    except ImportError:
-        raise UserError("precrop doctor needs psutil to list processes: pip install psutil") from None
-    found = []
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "memory_info"]):
-        info = proc.info
-        cmdline = tuple(info["cmdline"] or ())
-        paths: tuple[str, ...] = ()
-        if cmdline and cmdline[0].startswith("ray::"):
-            try:
-                paths = tuple(f.path for f in proc.open_files())
-            except (psutil.Error, OSError):  # gone meanwhile, or another user's
-                paths = ()
-        rss = info["memory_info"].rss if info["memory_info"] is not None else 0
-        found.append(ProcessInfo(info["pid"], info["ppid"] or 0, cmdline, rss, info["create_time"] or 0.0, paths))
-    return found
-
-
-def is_ray_process(proc: ProcessInfo) -> bool:
-    """A process of Ray: raylet, gcs_server, a `ray::` worker, or a script of the ray package."""
-    args = proc.cmdline
-    if not args:
-        return False
-    if args[0].startswith("ray::") or os.path.basename(args[0]) in _RAY_BINARIES:
-        return True
-    return any(_RAY_SCRIPT.search(a) for a in args[:3])
-
-
-def is_search_driver(proc: ProcessInfo) -> bool:
-    """A process running `precrop search`, `precrop study` or a `search.py` script."""
-    args = [a for a in proc.cmdline[:8] if a]
-    for i, arg in enumerate(args):
-        base = os.path.basename(arg)
-        if base == "search.py":
-            return True
-        if base == "precrop" or (arg == "search.cli" and i > 0 and args[i - 1] == "-m"):
-            command = next((a for a in args[i + 1 :] if not a.startswith("-")), "")
-            return command in _DRIVER_COMMANDS
-    return False
-
-
 def scan_processes(processes: Sequence[ProcessInfo], cluster_address: str | None, now: float) -> ProcessScan:
     """Sort the Ray processes among `processes` into stale ones and kept sessions (see the module docstring).
 
@@ -201,7 +135,7 @@ def scan_processes(processes: Sequence[ProcessInfo], cluster_address: str | None
     groups: dict[str, list[ProcessInfo]] = {}
     for proc in processes:
         if is_ray_process(proc):
-            groups.setdefault(_session_of(proc, by_pid) or f"(no session, pid {proc.pid})", []).append(proc)
+            groups.setdefault(session_of(proc, by_pid) or f"(no session, pid {proc.pid})", []).append(proc)
     cluster = _cluster_sessions(groups, cluster_address)
     stale: list[StaleProcess] = []
     kept: list[KeptSession] = []
@@ -223,20 +157,6 @@ def scan_processes(processes: Sequence[ProcessInfo], cluster_address: str | None
     return ProcessScan(tuple(stale), tuple(kept), _kill_command(stale, kept), live_nodes, tuple(sorted(owners)), notes)
 
 
-def _session_of(proc: ProcessInfo, by_pid: Mapping[int, ProcessInfo]) -> str | None:
-    """The Ray session of `proc`: named in its command line or open files, else in an ancestor's."""
-    current: ProcessInfo | None = proc
-    for _ in range(_ANCESTOR_DEPTH):
-        if current is None:
-            return None
-        for text in (*current.cmdline, *current.open_paths):
-            match = _SESSION.search(text)
-            if match:
-                return match.group(0)
-        current = by_pid.get(current.ppid) if current.ppid not in (0, current.pid) else None
-    return None
-
-
 def _cluster_sessions(groups: Mapping[str, list[ProcessInfo]], address: str | None) -> set[str]:
     """The sessions that serve the `ray start` cluster at `address` (its processes name its GCS address)."""
     if not address:
@@ -254,14 +174,14 @@ def _owner(
     if session in cluster:
         return None, f"the `ray start` cluster at {address}"
     for proc in members:
-        driver = next((a for a in _ancestors(proc, by_pid) if is_search_driver(a)), None)
+        driver = next((a for a in ancestors(proc, by_pid) if is_search_driver(a)), None)
         if driver is not None:
             return driver.pid, f"search driver {driver.pid}"
     starter = _starter(session, members, by_pid)
     if starter is not None:
         what = "search driver" if is_search_driver(starter) else "live process"
         return starter.pid, f"{what} {starter.pid} ({_short(starter)})"
-    if not _SESSION.fullmatch(session):  # no session known: kept while its parent (not init) lives
+    if not SESSION.fullmatch(session):  # no session known: kept while its parent (not init) lives
         parent = by_pid.get(members[0].ppid)
         if parent is not None and parent.pid > 1 and not is_ray_process(parent):
             return parent.pid, f"live process {parent.pid} ({_short(parent)})"
@@ -271,7 +191,7 @@ def _owner(
 def _starter(session: str, members: Sequence[ProcessInfo], by_pid: Mapping[int, ProcessInfo]) -> ProcessInfo | None:
     """The live process that started the session: its pid is in the session's name, and it is no younger
     than the session's processes (a pid the system reused for a later process does not count)."""
-    match = _SESSION.fullmatch(session)
+    match = SESSION.fullmatch(session)
     starter = by_pid.get(int(match.group(1))) if match else None
     if starter is None or is_ray_process(starter):
         return None
@@ -279,17 +199,8 @@ def _starter(session: str, members: Sequence[ProcessInfo], by_pid: Mapping[int, 
     return starter if starter.started <= oldest + _START_SLACK_S else None
 
 
-def _ancestors(proc: ProcessInfo, by_pid: Mapping[int, ProcessInfo]) -> Iterable[ProcessInfo]:
-    current = by_pid.get(proc.ppid) if proc.ppid != proc.pid else None
-    for _ in range(_ANCESTOR_DEPTH):
-        if current is None or current.pid <= 1:
-            return
-        yield current
-        current = by_pid.get(current.ppid) if current.ppid != current.pid else None
-
-
 def _why_stale(session: str, by_pid: Mapping[int, ProcessInfo]) -> str:
-    match = _SESSION.fullmatch(session)
+    match = SESSION.fullmatch(session)
     if match is None:
         return "no Ray session and no parent: orphaned"
     starter = int(match.group(1))

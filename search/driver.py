@@ -27,6 +27,7 @@ from search.summary import finish_search
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
 # keys that may differ between the original run and a resume
@@ -55,16 +56,21 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     client = tracking.client_for(uri)
     experiment = tracking.experiment_id(client, config.experiment_name)
     if resume:
-        record = _resumed_record(client, config, experiment, uri)
+        found = _resumed_record(client, config, experiment, uri)
+        if found is None:  # killed before its parent run existed, or never started: start it now
+            print(f"note: no search of config {config.name!r} to resume in {tracking.redact_uri(uri)}: "
+                  "starting a new one", flush=True)  # fmt: skip
+            resume, optuna_url = False, _optuna_storage(config, uri) if study is None else None
+        else:
+            record = found
     # Ray is joined (and the resources checked) before a new search opens its parent run: a cluster
     # that cannot run it leaves nothing behind in MLflow
-    import ray
-
-    embedded = init_ray(config)
+    ray_started = init_ray(config)
     try:
-        resources = trial_resources(config, embedded)
+        resources = trial_resources(config, ray_started.embedded)
         if resume:
             tracking.reopen_run(client, record.parent_run_id)
+            _drop_runs_tune_forgot(client, record)
         else:
             if optuna_url is not None:
                 from search.searcher import open_storage
@@ -76,7 +82,7 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
         restore = resume and tune_state_saved(record.path)  # see _resumed_record
         _run_tuner(config, record, resources, restore, study, client)
     finally:
-        ray.shutdown()
+        ray_started.shutdown()
     try:
         finish_search(client, read_record(record.path), config, study)
     except BaseException as exc:
@@ -177,11 +183,13 @@ def _new_record(
                         dataclasses.asdict(study) if study else None, optuna_storage, optuna_study)  # fmt: skip
 
 
-def _resumed_record(client: MlflowClient, config: ExperimentConfig, experiment: str, uri: str) -> SearchRecord:
-    """The latest search of `config`, to resume (ConfigError when there is none or the config changed)."""
+def _resumed_record(
+    client: MlflowClient, config: ExperimentConfig, experiment: str, uri: str
+) -> SearchRecord | None:  # fmt: skip
+    """The latest search of `config`, to resume; None when there is none (ConfigError when the config changed)."""
     parent = tracking.latest_parent_run(client, experiment, {Tag.CONFIG_NAME: config.name})
     if parent is None:
-        raise ConfigError(f"nothing to resume: no search of config {config.name!r} in {uri}")
+        return None
     tags = parent.data.tags
     saved = tracking.flatten(json.loads(tags[Tag.CONFIG]))
     # a key the search's config did not have yet (added to precrop since) held its default
@@ -193,8 +201,8 @@ def _resumed_record(client: MlflowClient, config: ExperimentConfig, experiment: 
         raise ConfigError(f"cannot resume {tags[Tag.SEARCH]}: the config changed ({', '.join(changed[:5])})")
     path = tags[Tag.SEARCH_DIR]
     if not tune_state_saved(path):
-        # killed before Tune first saved its experiment state (trials, searcher): start over
-        print(f"note: search {tags[Tag.SEARCH]} stopped before Tune saved any state in {path}: "
+        # killed before Tune first saved its experiment state (trials, searcher), or while it copied it: start over
+        print(f"note: search {tags[Tag.SEARCH]} stopped before Tune saved a readable state in {path}: "
               "its trials start from the beginning, under the same parent run", flush=True)  # fmt: skip
     else:
         print(f"resuming search {tags[Tag.SEARCH]} from {path}", flush=True)
@@ -343,6 +351,39 @@ def _close_leftover_runs(client: MlflowClient, record: SearchRecord, status: Run
             tracking.end_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
 
 
+def _drop_runs_tune_forgot(client: MlflowClient, record: SearchRecord) -> None:
+    """Delete the search's trial runs whose trial Tune's saved state does not hold (all of them when Tune
+    saved nothing): a driver killed between a trial's start and Tune's next save leaves such a run behind,
+    and the resumed Tune, which counts only the trials it saved, runs that many trials again under new ids.
+    Kept, the run would stay RUNNING and be one trial too many. MLflow deletes softly: the note says how
+    to restore it."""
+    saved = _saved_trials(record.path)
+    known = {t.trial_id for t in saved} if saved is not None else set()
+    for run in tracking.trial_runs(client, record.experiment_id, record.parent_run_id):
+        trial_id = run.data.tags.get(Tag.TRIAL_ID)
+        if trial_id in known:
+            continue
+        reason = "the driver stopped before Tune saved this trial"
+        tracking.end_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
+        client.delete_run(run.info.run_id)
+        print(f"note: trial {trial_id} started after Tune's last save and runs again as a new trial; its run "
+              f"{run.info.run_id} is deleted (`mlflow runs restore --run-id {run.info.run_id}` brings it back)",
+              flush=True)  # fmt: skip
+
+
+def _saved_trials(path: str) -> list[Trial] | None:
+    """The trials in Tune's saved state of the search in `path`; None when Tune saved none (or it is unreadable)."""
+    from ray.tune import ExperimentAnalysis
+
+    if not tune_state_saved(path):
+        return None
+    try:
+        return list(ExperimentAnalysis(path).trials)
+    except (OSError, ValueError) as exc:  # a state Tune was writing when the driver stopped
+        print(f"warning: cannot read Tune's saved state: {tracking.first_line(exc)}", file=sys.stderr)
+        return None
+
+
 def _unfinished_trials(path: str) -> set[str]:
     """Ids of the trials Tune's saved state holds as not yet ended (to run on at resume); empty when none saved.
 
@@ -351,16 +392,9 @@ def _unfinished_trials(path: str) -> set[str]:
     ResultGrid then counts the stopped trials as terminated; only the saved state still holds them
     unfinished (PENDING), as `--resume` will see them. At a normal end every saved trial has ended.
     """
-    from ray.tune import ExperimentAnalysis
     from ray.tune.experiment import Trial
 
-    if not tune_state_saved(path):
-        return set()
-    try:
-        trials = ExperimentAnalysis(path).trials
-    except (OSError, ValueError) as exc:  # a state Tune was writing when the driver stopped
-        print(f"warning: cannot read Tune's saved state: {tracking.first_line(exc)}", file=sys.stderr)
-        return set()
+    trials = _saved_trials(path) or []
     return {t.trial_id for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
 
 

@@ -36,12 +36,30 @@ def ray_start_address() -> str | None:
 
 
 def experiment_state_saved(path: str) -> bool:
-    """Whether Tune saved an experiment state (its trials, searcher and callbacks) in the experiment folder
-    `path` (local or a URI), as `TuneController.resume` looks for one: Ray 2.60's
-    `_find_newest_experiment_checkpoint`. `Tuner.can_restore` answers for tuner.pkl only."""
+    """Whether Tune saved a readable experiment state (its trials, searcher and callbacks) in the experiment
+    folder `path` (local or a URI), as `TuneController.resume` looks for one: Ray 2.60's
+    `_find_newest_experiment_checkpoint`. `Tuner.can_restore` answers for tuner.pkl only.
+
+    Readable matters: Tune 2.60 writes the state with a plain `open("w")` into a staging folder and then
+    copies it to storage, so a driver killed during that copy leaves a truncated file (seen: 0 bytes) that
+    Tune would restore as an experiment without trials.
+    """
+    import json
+
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
-    return _find_newest_experiment_checkpoint(path) is not None
+    from search.records import storage_filesystem
+
+    newest = _find_newest_experiment_checkpoint(path)
+    if newest is None:
+        return False
+    try:
+        fs, inner = storage_filesystem(newest)
+        with fs.open_input_stream(inner) as stream:
+            state = json.loads(stream.readall().decode())
+        return isinstance(state, dict) and isinstance(state.get("trial_data"), list)
+    except (OSError, ValueError):
+        return False
 
 
 def optuna_study(searcher: OptunaSearch) -> optuna.Study:

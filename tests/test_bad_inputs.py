@@ -289,7 +289,6 @@ CASES = [
          ("--seeds must be from 1 to 100",), _config()),
     Case("ray address with nothing listening", (*SEARCH, "--address", f"127.0.0.1:{_free_port()}"),
          ("nothing answers there",), _config()),
-    Case("resume of a search that never ran", (*SEARCH, "--resume"), ("nothing to resume",), _config()),
     Case("export of a run that has no weights", ("export", "RUN_ID", "--format", "onnx"),
          ("has no final weights",), _run_without_weights),
     Case("export of an unknown run", ("export", "0123456789abcdef", "--format", "onnx"),

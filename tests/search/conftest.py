@@ -36,6 +36,10 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
+# an experiment state as Tune writes it, holding no trial: enough for search.records.tune_state_saved
+EMPTY_TUNE_STATE = '{"trial_data": [], "runner_data": {}, "stats": {}}'
+
+
 def search_env() -> dict[str, str]:
     """Environment for a search subprocess: no telemetry, this checkout importable."""
     env = dict(os.environ)

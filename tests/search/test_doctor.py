@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from search import doctor
+from search import doctor, ray_processes
 from search.cli import main
 from search.config import parse_config
-from search.doctor import Machine, ProcessInfo, examine, is_ray_process, is_search_driver, scan_processes
+from search.doctor import Machine, examine, scan_processes
+from search.ray_processes import ProcessInfo, is_ray_process, is_search_driver
 from search.records import SearchRecord, write_record
 from search.tracking import running_search_runs
-from tests.search.conftest import TINY_CONFIG
+from tests.search.conftest import EMPTY_TUNE_STATE, TINY_CONFIG
 
 NOW = 100_000.0
 HOST = socket.gethostname()
@@ -207,7 +208,7 @@ def _record(folder: Path, uri: str, experiment: str, parent: str, tune_state: bo
     write_record(SearchRecord(folder.name, str(folder), uri, experiment, parent, config))
     if tune_state:
         (folder / "tuner.pkl").write_bytes(b"stub")
-        (folder / "experiment_state-2026-11-30_06-00-00.json").write_text("{}")
+        (folder / "experiment_state-2026-11-30_06-00-00.json").write_text(EMPTY_TUNE_STATE)
 
 
 def _machine(owners: tuple[int, ...] = (), nodes: frozenset[str] = frozenset()) -> Machine:
@@ -301,7 +302,7 @@ def fake_machine(monkeypatch: pytest.MonkeyPatch) -> list[ProcessInfo]:
     from search import ray_compat
 
     processes = list(OTHERS)
-    monkeypatch.setattr(doctor, "list_processes", lambda: processes)
+    monkeypatch.setattr(ray_processes, "list_processes", lambda: processes)
     monkeypatch.setattr(ray_compat, "ray_start_address", lambda: None)
     monkeypatch.setattr(doctor, "now", lambda: NOW)
     return processes

@@ -35,6 +35,7 @@ from search.records import SearchRecord, optuna_study_name, tune_state_saved
 from search.searcher import ParetoOptunaSearch, make_sampler, objectives, open_storage, storage_url
 from search.summary import optuna_hint
 from tests.search.conftest import (
+    EMPTY_TUNE_STATE,
     TINY_CONFIG,
     copy_search_script,
     kill_search_when,
@@ -222,7 +223,7 @@ def test_a_search_resumes_from_tune_only_once_tune_saved_an_experiment_state(tmp
     assert not tune_state_saved(str(folder))
     (folder / "tuner.pkl").write_bytes(pickle.dumps({}))
     assert not tune_state_saved(str(folder))
-    (folder / "experiment_state-2026-11-30_06-00-00.json").write_text("{}")
+    (folder / "experiment_state-2026-11-30_06-00-00.json").write_text(EMPTY_TUNE_STATE)
     assert tune_state_saved(str(folder))
     (folder / "tuner.pkl").unlink()
     assert not tune_state_saved(str(folder))

@@ -189,9 +189,15 @@ def test_experiment_state_saved_finds_the_file_tune_resumes_from(tmp_path: Path)
     assert not ray_compat.experiment_state_saved(str(tmp_path))
     (tmp_path / "tuner.pkl").write_bytes(b"")  # the tuner alone is not a state a search can resume from
     assert not ray_compat.experiment_state_saved(str(tmp_path))
-    (tmp_path / "experiment_state-2026-11-30_06-00-00.json").write_text("{}")
+    state = tmp_path / "experiment_state-2026-11-30_06-00-00.json"
+    state.write_text('{"trial_data": [], "runner_data": {}, "stats": {}}')
     assert _find_newest_experiment_checkpoint(str(tmp_path)) is not None
     assert ray_compat.experiment_state_saved(str(tmp_path))
+    # what a driver killed while Tune copied its state to storage leaves: Tune would restore no trials from it
+    for truncated in ("", '{"trial_data": [["{\\"stub', "{}"):
+        state.write_text(truncated)
+        assert _find_newest_experiment_checkpoint(str(tmp_path)) is not None
+        assert not ray_compat.experiment_state_saved(str(tmp_path)), truncated
 
 
 def test_a_requeued_optuna_trial_is_asked_again_with_its_parameters() -> None:
