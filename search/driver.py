@@ -20,10 +20,17 @@ from precrop.errors import UserError
 from search import tracking
 from search.cluster import init_ray, trial_resources
 from search.config import ConfigError, ExperimentConfig, storage_path_of, tracking_uri_of
-from search.records import SearchRecord, optuna_study_name, read_record, tune_state_saved, write_record
+from search.records import (
+    SearchRecord,
+    optuna_study_name,
+    read_record,
+    tune_analysis,
+    tune_state_saved,
+    write_record,
+)
 from search.schema import ACTIVE_STATUSES, Outcome, RunStatus, Tag
 from search.study import Study
-from search.summary import finish_search
+from search.summary import NOTHING_TRAINED, finish_search
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -84,7 +91,7 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     finally:
         ray_started.shutdown()
     try:
-        finish_search(client, read_record(record.path), config, study)
+        trained = finish_search(client, read_record(record.path), config, study)
     except BaseException as exc:
         failure = _finish_failed(client, record, uri, exc)
         if failure is exc:
@@ -92,6 +99,9 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
         raise failure from exc
     print(f"search took {time.perf_counter() - started:.0f} s")
     print_ui_hint(record)
+    if not trained:  # every trial failed (or diverged): the error lines above say why
+        print(f"precrop: {NOTHING_TRAINED}: the error lines above say why each trial ended", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -373,12 +383,10 @@ def _drop_runs_tune_forgot(client: MlflowClient, record: SearchRecord) -> None:
 
 def _saved_trials(path: str) -> list[Trial] | None:
     """The trials in Tune's saved state of the search in `path`; None when Tune saved none (or it is unreadable)."""
-    from ray.tune import ExperimentAnalysis
-
     if not tune_state_saved(path):
         return None
     try:
-        return list(ExperimentAnalysis(path).trials)
+        return list(tune_analysis(path).trials)
     except (OSError, ValueError) as exc:  # a state Tune was writing when the driver stopped
         print(f"warning: cannot read Tune's saved state: {tracking.first_line(exc)}", file=sys.stderr)
         return None

@@ -184,7 +184,7 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], cos
         axes.set_xscale("log")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    if records:
+    if axes.get_legend_handles_labels()[0]:  # no trial trained to the end: no labelled points, no legend
         axes.legend(fontsize=8, loc="best")  # "best" keeps the legend off the points
     return png_bytes(figure)
 

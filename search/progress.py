@@ -15,6 +15,7 @@ from ray.tune import Callback
 from search import tracking
 from search.checkpoints import WILL_RESTORE, repair_trial
 from search.schema import ACTIVE_STATUSES, Outcome, ResultKey
+from search.trial_errors import failure_reason
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -104,10 +105,10 @@ class ProgressAndRunCloser(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Print the failure; the run ends FAILED."""
         self.finished += 1
-        self._print(
-            f"error {trial.trial_id} ({self.finished}/{self.trials}): see {trial.local_path or 'the Tune logs'}"
-        )
-        self._close(trial.trial_id, Outcome.FAILED, "the trial raised an error (retries exhausted)")
+        reason = failure_reason(trial.error_file)
+        where = trial.error_file or trial.local_path or "the Tune logs"
+        self._print(f"error {trial.trial_id} ({self.finished}/{self.trials}): {reason}; details in {where}")
+        self._close(trial.trial_id, Outcome.FAILED, reason)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """A failed trial is retried from its last checkpoint."""

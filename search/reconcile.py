@@ -24,7 +24,7 @@ from precrop.width.plan import WidthPlan
 from search import tracking
 from search.checkpoints import read_checkpoint
 from search.config import ExperimentConfig
-from search.records import SearchRecord, write_record
+from search.records import SearchRecord, tune_analysis, write_record
 from search.run_logger import RunLogger, epoch_metrics, log_final, log_setup, setup_metrics, setup_params
 from search.schema import ACTIVE_STATUSES, Artifact, Metric, Outcome, Param, ResultKey, Tag
 from search.space import TrialPoint, data_request
@@ -92,10 +92,8 @@ def with_parent_run(client: MlflowClient, record: SearchRecord) -> SearchRecord:
 
 def reconcile_search(client: MlflowClient, record: SearchRecord) -> Reconciled:
     """Bring every trial's MLflow run in line with what Tune recorded (see the module docstring)."""
-    from ray.tune import ExperimentAnalysis
-
     try:
-        analysis = ExperimentAnalysis(record.path)
+        analysis = tune_analysis(record.path)
     except ValueError as exc:
         raise UserError(f"{record.path} holds no readable Tune state to reconcile from") from exc
     config = record.experiment_config()

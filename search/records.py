@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,13 @@ from search.tracking import redact_uri
 
 if TYPE_CHECKING:
     import pyarrow.fs
+    from ray.tune import ExperimentAnalysis
 
 RECORD_FILE = "precrop-search.json"
+# Tune warns, each time it reads a search's state (at the end of `fit`, and whenever precrop reads it), for
+# every trial that never reported a result (failed or killed before its first epoch) that it found no
+# metrics; the trial's own error line already says why
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,13 @@ def storage_filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
         fs, inner = pyarrow.fs.FileSystem.from_uri(path)
         return fs, str(inner)
     return pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def tune_analysis(path: str) -> ExperimentAnalysis:
+    """Tune's saved state of the search in `path` (ValueError when there is none)."""
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(path)
 
 
 def tune_state_saved(path: str) -> bool:

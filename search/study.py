@@ -232,7 +232,8 @@ def plot_study(cells: Sequence[Cell], study: Study, title: str) -> bytes:
         ax.set_xlabel(f"{name} (fraction of dense; theoretical for masks)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (test where evaluated, else val)")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # no cell trained to the end: no legend
+        axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     return png_bytes(fig)
 

@@ -25,11 +25,15 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+NOTHING_TRAINED = "no trial trained to the end"
+
+
 def finish_search(
     client: MlflowClient, record: SearchRecord, config: ExperimentConfig, study: Study | None, by_hand: bool = False
-) -> None:
+) -> bool:
     """A search's end: re-log what trials could not (search/reconcile.py), re-time the latency on the idle
-    machine, log and print the front (or the study's table), and end the parent run FINISHED.
+    machine, log and print the front (or the study's table), and end the parent run: FINISHED, or FAILED
+    when no trial trained to the end (then it returns False: the search produced no model).
 
     `by_hand` (`precrop reconcile`): every line names the search, and the reconciliation always reports.
     """
@@ -44,7 +48,13 @@ def finish_search(
         summarize(client, config, record)
     else:
         summarize_study(client, config, record, study)
-    tracking.end_parent_run(client, record.parent_run_id, RunStatus.FINISHED)
+    trained = any(r.data.tags.get(Tag.OUTCOME) == Outcome.COMPLETED
+                  for r in tracking.trial_runs(client, record.experiment_id, record.parent_run_id))  # fmt: skip
+    if trained:
+        tracking.end_parent_run(client, record.parent_run_id, RunStatus.FINISHED)
+    else:
+        tracking.end_parent_run(client, record.parent_run_id, RunStatus.FAILED, NOTHING_TRAINED)
+    return trained
 
 
 def summarize(client: MlflowClient, config: ExperimentConfig, record: SearchRecord) -> list[TrialRecord]:

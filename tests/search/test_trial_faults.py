@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, write_config
+from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, search_runs, write_config
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
@@ -60,6 +60,28 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path: Path) -> None:
         assert run.info.status == "FINISHED"
     assert f"{len(diverged)} failed" in result.stdout  # the summary counts them; the front is built from the rest
     assert "Pareto front" in result.stdout
+
+
+def test_a_search_where_no_trial_trains_to_the_end_fails_in_one_line(tmp_path: Path) -> None:
+    """Every trial diverges (lr >= 1e5, as above): the summary says the front is empty, each error line says
+    why, the parent run ends FAILED and the command exits 1 with one last line (it exited 0 before)."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["name"] = "hopeless"
+    config["space"].update(lr=[1.0e5, 1.0e6], weight_decay=[1.0e-3, 1.0e-3], epochs=1, budget=[0.5, 0.5])
+    config["search"] = {"trials": 2, "concurrency": 1, "seed": 3}
+    config["asha"] = {"enabled": False}
+    write_config(tmp_path, config)
+    result = run_precrop(tmp_path, "search", "config.yaml")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "precrop: no trial trained to the end: the error lines above say why each trial ended"
+    )
+    assert "Traceback" not in result.stderr
+    assert "no trial trained to the end: the front is empty" in result.stdout
+    runs = search_runs(tmp_path, "hopeless")
+    assert [r.data.tags.get("precrop.outcome") for r in runs.children] == ["diverged", "diverged"]
+    assert len(runs.parents) == 1 and runs.parents[0].info.status == "FAILED"
+    assert runs.parents[0].data.tags["precrop.reason"] == "no trial trained to the end"
 
 
 @pytest.mark.parametrize(
