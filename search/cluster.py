@@ -51,7 +51,10 @@ def init_ray(config: ExperimentConfig) -> RayStarted:
                  runtime_env=runtime_env)  # fmt: skip
     except BaseException as exc:
         started.shutdown()
-        raise _init_failed(config, address, runtime_env, exc) from exc
+        failure = _init_failed(config, address, runtime_env, exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     return started
 
 
@@ -66,7 +69,10 @@ def _join_ray(config: ExperimentConfig, address: str, runtime_env: dict[str, Any
                               "prints its address; pass --address local for an embedded Ray)")  # fmt: skip
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=runtime_env)
     except BaseException as exc:
-        raise _init_failed(config, address, runtime_env, exc) from exc
+        failure = _init_failed(config, address, runtime_env, exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     have, nodes = ray.cluster_resources(), sum(node["Alive"] for node in ray.nodes())
     print(f"joined the Ray cluster at {address}: {nodes} node(s), {have.get('CPU', 0):g} CPUs, "
           f"{have.get('GPU', 0):g} GPUs now (autoscaling adds workers while trials wait)", flush=True)  # fmt: skip

@@ -75,9 +75,10 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     ray_started = init_ray(config)
     try:
         resources = trial_resources(config, ray_started.embedded)
+        saved = _saved_trials(record.path) if resume else None  # None: Tune saved no readable state
         if resume:
             tracking.reopen_run(client, record.parent_run_id)
-            _drop_runs_tune_forgot(client, record)
+            _drop_runs_tune_forgot(client, record, {t.trial_id for t in saved or []})
         else:
             if optuna_url is not None:
                 from search.searcher import open_storage
@@ -86,7 +87,7 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
             record = _new_record(client, config, experiment, uri, study, optuna_url)
         write_record(record)
         _announce(config, record, study)
-        restore = resume and tune_state_saved(record.path)  # see _resumed_record
+        restore = saved is not None  # see _resumed_record
         _run_tuner(config, record, resources, restore, study, client)
     finally:
         ray_started.shutdown()
@@ -361,21 +362,18 @@ def _close_leftover_runs(client: MlflowClient, record: SearchRecord, status: Run
             tracking.end_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
 
 
-def _drop_runs_tune_forgot(client: MlflowClient, record: SearchRecord) -> None:
-    """Delete the search's trial runs whose trial Tune's saved state does not hold (all of them when Tune
-    saved nothing): a driver killed between a trial's start and Tune's next save leaves such a run behind,
-    and the resumed Tune, which counts only the trials it saved, runs that many trials again under new ids.
-    Kept, the run would stay RUNNING and be one trial too many. MLflow deletes softly: the note says how
-    to restore it."""
-    saved = _saved_trials(record.path)
-    known = {t.trial_id for t in saved} if saved is not None else set()
+def _drop_runs_tune_forgot(client: MlflowClient, record: SearchRecord, known: set[str]) -> None:
+    """Delete the search's trial runs whose trial Tune's saved state does not hold (`known`: the ids it
+    does; empty when Tune saved nothing): a driver killed between a trial's start and Tune's next save
+    leaves such a run behind, and the resumed Tune, which counts only the trials it saved, runs that many
+    trials again under new ids. Kept, the run would stay RUNNING and be one trial too many. MLflow deletes
+    softly: the note says how to restore it."""
     for run in tracking.trial_runs(client, record.experiment_id, record.parent_run_id):
         trial_id = run.data.tags.get(Tag.TRIAL_ID)
         if trial_id in known:
             continue
         reason = "the driver stopped before Tune saved this trial"
-        tracking.end_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
-        client.delete_run(run.info.run_id)
+        tracking.delete_trial_run(client, run.info.run_id, Outcome.INTERRUPTED, reason)
         print(f"note: trial {trial_id} started after Tune's last save and runs again as a new trial; its run "
               f"{run.info.run_id} is deleted (`mlflow runs restore --run-id {run.info.run_id}` brings it back)",
               flush=True)  # fmt: skip

@@ -50,7 +50,7 @@ def list_processes() -> list[ProcessInfo]:
     try:
         import psutil  # type: ignore[import-untyped]  # no type information shipped
     except ImportError:
-        raise UserError("precrop doctor needs psutil to list processes: pip install psutil") from None
+        raise UserError("precrop needs psutil to list processes: pip install psutil") from None
     found = []
     for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "memory_info"]):
         info = proc.info

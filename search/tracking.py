@@ -289,6 +289,12 @@ def end_run(client: MlflowClient, run_id: str, outcome: Outcome, reason: str = "
     client.set_terminated(run_id, status=str(RUN_STATUS[outcome]))
 
 
+def delete_trial_run(client: MlflowClient, run_id: str, outcome: Outcome, reason: str) -> None:
+    """End a trial's run (as `end_run`) and delete it; MLflow deletes softly (`mlflow runs restore`)."""
+    end_run(client, run_id, outcome, reason)
+    client.delete_run(run_id)
+
+
 def end_parent_run(client: MlflowClient, run_id: str, status: RunStatus, reason: str = "") -> None:
     """End a search's parent run with `status`, recording why first when it did not finish."""
     if reason:
