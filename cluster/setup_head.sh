@@ -38,7 +38,7 @@ case "$cloud" in
     aws) extras=(psycopg2-binary optuna-dashboard boto3) ;;
     gcp) extras=(psycopg2-binary optuna-dashboard google-cloud-storage google-api-python-client) ;;
 esac
-"$HOME/precrop-venv/bin/python" -m pip install --quiet --constraint "$here/constraints.txt" "${extras[@]}"
+"$HOME/precrop-venv/bin/python" -m pip install --quiet --constraint "$here/../requirements.lock" "${extras[@]}"
 
 host="$(hostname -I | awk '{print $1}')"
 {

@@ -1,13 +1,11 @@
-"""The files in cluster/: launcher YAMLs pass Ray's own validation, the RayJob is well formed, versions are
-pinned to what the tests ran with, nothing listens publicly, and no file holds a credential."""
+"""The files in cluster/: launcher YAMLs pass Ray's own validation, the RayJob is well formed, nodes install
+the versions in requirements.lock, nothing listens publicly, and no file holds a credential."""
 
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,15 @@ import pytest
 import yaml
 
 from tests.search.conftest import ROOT
+from tests.test_lock import applicable_pin, parse_lock
 
 CLUSTER = ROOT / "cluster"
 LAUNCHER_YAMLS = ("aws.yaml", "gcp.yaml")
+
+
+def locked_version(name: str) -> str | None:
+    """The version requirements.lock pins `name` to in this environment."""
+    return applicable_pin(parse_lock((ROOT / "requirements.lock").read_text()), name)
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def test_rayjob_runs_the_search_with_a_gpu_worker_group_and_an_internal_mlflow()
     assert env["MLFLOW_TRACKING_URI"] == "http://precrop-mlflow:5000"
     assert env["PRECROP_STORAGE_PATH"].startswith(("s3://", "gs://"))
     cluster = job["spec"]["rayClusterSpec"]
-    assert cluster["rayVersion"] == importlib.metadata.version("ray")
+    assert cluster["rayVersion"] == locked_version("ray")
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     (gpu_group,) = cluster["workerGroupSpecs"]
     assert gpu_group["minReplicas"] == 0
@@ -76,19 +80,18 @@ def test_rayjob_runs_the_search_with_a_gpu_worker_group_and_an_internal_mlflow()
 
 def test_dockerfile_base_image_matches_the_pinned_ray() -> None:
     base = re.search(r"^FROM rayproject/ray:(\S+)-py311-gpu$", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE)
-    assert base is not None and base.group(1) == importlib.metadata.version("ray")
+    assert base is not None and base.group(1) == locked_version("ray")
 
 
-def test_constraints_pin_the_tested_versions_and_this_project() -> None:
-    pins = dict(
-        line.split("==", 1)
-        for line in (CLUSTER / "constraints.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-    for package in ("ray", "torch", "torchvision", "mlflow", "optuna", "cvxpy", "torch-pruning"):
-        assert pins[package] == importlib.metadata.version(package), package
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert pins["precrop-search"] == project["version"]
+def test_nodes_install_the_lock_mounted_beside_their_scripts() -> None:
+    """Every node installs with `-c requirements.lock`; the launchers mount that file where the scripts look."""
+    for name in LAUNCHER_YAMLS:
+        assert _load(name)["file_mounts"]["~/requirements.lock"] == "./requirements.lock", name
+    for script in ("setup_node.sh", "setup_head.sh"):
+        assert '--constraint "$here/../requirements.lock"' in (CLUSTER / script).read_text(), script
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert "COPY --chown=ray:users requirements.lock /home/ray/requirements.lock" in dockerfile
+    assert "--constraint /home/ray/requirements.lock" in dockerfile
 
 
 def test_no_public_listeners_and_no_credentials_in_cluster_files() -> None:
