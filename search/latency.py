@@ -119,21 +119,25 @@ def time_models(models: Sequence[torch.nn.Module], input_shapes: Sequence[tuple[
     import torch
 
     from trainers.measure import time_inference, timing_copy
-
-    cpu = torch.device("cpu")
-    nets = [timing_copy(model, cpu).eval() for model in models]
-    inputs = [torch.randn(batch, *shape) for shape in input_shapes]
+    from trainers.memory import freed_memory_kept
 
     def median_ms(net: torch.nn.Module, x: torch.Tensor) -> float:
         return time_inference(net, x, WARMUP, REPEATS, ROUND_SECONDS).median_ms
 
-    if nets:  # a process's first timing runs slow (thread pool, allocator, kernel selection): discarded
-        median_ms(nets[0], inputs[0])
-    best = [float("inf")] * len(nets)
-    for _ in range(rounds):
-        for i, (net, x) in enumerate(zip(nets, inputs, strict=True)):
-            best[i] = min(best[i], median_ms(net, x))
-    return best
+    def best_of_rounds() -> list[float]:  # its copies and inputs are freed when it returns, before the release
+        cpu = torch.device("cpu")
+        nets = [timing_copy(model, cpu).eval() for model in models]
+        inputs = [torch.randn(batch, *shape) for shape in input_shapes]
+        if nets:  # a process's first timing runs slow (thread pool, allocator, kernel selection): discarded
+            median_ms(nets[0], inputs[0])
+        best = [float("inf")] * len(nets)
+        for _ in range(rounds):
+            for i, (net, x) in enumerate(zip(nets, inputs, strict=True)):
+                best[i] = min(best[i], median_ms(net, x))
+        return best
+
+    with freed_memory_kept():
+        return best_of_rounds()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class Tag(StrEnum):
     NODE_ID = "precrop.node_id"  # where the latest attempt ran: Ray node, host, torch device
     HOST = "precrop.host"
     DEVICE = "precrop.device"
+    WORKER_PID = "precrop.worker_pid"  # the trial process (Tune reuses it for later trials)
     ATTEMPTS = "precrop.attempts"  # how many attempts (retries, resumes) the trial took
     LATENCY_TIMED = "precrop.latency_timed"  # where and how the end-of-search latency was timed
     PARETO = "pareto"  # "true" on the runs of the front, "false" on the others
@@ -109,6 +110,10 @@ class Metric(StrEnum):
     TIME_SETUP_S = "time_setup_s"
     TIME_REPORTING_S = "time_reporting_s"
     TIME_TRAINING_S = "time_training_s"
+    # the trial process's memory (Tune reuses it for the next trial): resident MiB when the trial started,
+    # after the last one's memory was released, and the peak while it ran
+    WORKER_RSS_START_MB = "worker_rss_start_mb"
+    WORKER_RSS_PEAK_MB = "worker_rss_peak_mb"
     # the parent run's counts
     TRIALS = "trials"
     TRIALS_COMPLETED = "trials_completed"

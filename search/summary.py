@@ -132,6 +132,7 @@ def _with_test_accuracy(client: MlflowClient, config: ExperimentConfig, front: l
     from trainers.batches import make_batches
     from trainers.datasets import load_dataset
     from trainers.loop import evaluate
+    from trainers.memory import release_freed_memory
 
     loaded = load_dataset(data_request(config, "test"))
     if loaded.test is None:
@@ -143,4 +144,5 @@ def _with_test_accuracy(client: MlflowClient, config: ExperimentConfig, front: l
         accuracy = evaluate(model.to(memory_format=torch.channels_last), batches)["accuracy"]
         tracking.log_metrics(client, record.run_id, {Metric.TEST_ACC: accuracy}, step=0)
         updated.append(dataclasses.replace(record, test_acc=accuracy))
+    release_freed_memory()  # the models and their activations: a study's driver evaluates many fronts
     return updated

@@ -9,6 +9,7 @@ its trial-id tag) and continues that run instead of opening a second one.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import socket
 import tempfile
@@ -40,6 +41,7 @@ from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
 from trainers.checkpoint import Preprocess
 from trainers.datasets import DataRequest, DataSet, load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
+from trainers.memory import peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ def cached_layer_table(arch: str, num_classes: int, input_size: int) -> LayerTab
 
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune function trainable."""
+    # Tune runs the next trial in this same process: what the last one freed goes back to the OS first
+    # (trainers/memory.py says why a reused process otherwise grows by gigabytes)
+    release_freed_memory()
+    reset_peak_rss()
     torch.set_num_threads(max(1, int(setup.cpus)))
     tracking.bound_http_retries()
     context = tune.get_context()
@@ -103,6 +109,7 @@ class _Trial:
         self.training_started = 0.0
         self.reporting_seconds = 0.0
         self.last_checkpoint = -float("inf")
+        self.rss_start_mb = rss_mb()
 
     def run(self, resume: Resume | None, fresh: bool) -> None:
         """Load the data, allocate, train (from `resume` when given) and report every epoch to Tune and MLflow."""
@@ -156,11 +163,11 @@ class _Trial:
         return {ResultKey.TRACKING_LOST: 1} if self.log.lost else {}
 
     def _tag_placement(self, device: str) -> None:
-        """Where this attempt runs (Ray node, host, device); a retry elsewhere overwrites it and counts up."""
+        """Where this attempt runs (Ray node, host, device, process); a retry overwrites it and counts up."""
         run = self.log.call("reading the run", tracking.get_run)
         attempts = int(run.data.tags.get(Tag.ATTEMPTS, "0")) + 1 if run is not None else 1
         tags = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
-                Tag.DEVICE: device, Tag.ATTEMPTS: str(attempts)}  # fmt: skip
+                Tag.DEVICE: device, Tag.ATTEMPTS: str(attempts), Tag.WORKER_PID: str(os.getpid())}  # fmt: skip
         self.log.call("tagging the run", tracking.set_tags, tags)
 
     def _load_data(self) -> DataSet:
@@ -201,8 +208,10 @@ class _Trial:
 
     def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
         """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""
-        log_setup(self.log, setup_params(self.config, self.point, plan, self.seed), setup_metrics(plan, costs),
-                  plan, widths_table)  # fmt: skip
+        metrics = setup_metrics(plan, costs)
+        if self.rss_start_mb is not None:
+            metrics[Metric.WORKER_RSS_START_MB] = self.rss_start_mb
+        log_setup(self.log, setup_params(self.config, self.point, plan, self.seed), metrics, plan, widths_table)
 
     def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
         """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""
@@ -212,6 +221,8 @@ class _Trial:
             Metric.TIME_REPORTING_S: self.reporting_seconds,
             Metric.TIME_TRAINING_S: now - self.training_started - self.reporting_seconds,
         }
+        if (peak := peak_rss_mb()) is not None:
+            timings[Metric.WORKER_RSS_PEAK_MB] = peak
         log_final(self.log, plan, trainer.model.state_dict(), {Metric.FINAL_VAL_ACC: last[Metric.VAL_ACC], **timings},
                   int(last[Metric.EPOCH]), Preprocess.from_dataset(trainer.data))  # fmt: skip
         self.ended = True

@@ -4,20 +4,18 @@ Timings are medians over repeats after warm-up runs, with CUDA synchronized arou
 timings use bf16 autocast; CPU timings use fp32 and the current torch thread count; both use
 channels-last, as the loop does. Each measurement stops repeating after `max_seconds`, keeping at least 3 repeats.
 
-CPU timings first call `keep_freed_memory()`. Without it glibc hands activation buffers larger than its
-mmap threshold back to the OS after every call and page-faults them in again on the next one: we saw
-the same CIFAR ResNet-56 take 190 ms per batch of 64 in one process and 127 ms in another, depending
-only on the allocator's history. Pinning the thresholds makes timings repeatable and closer to a
-long-running server with a caching allocator.
+CPU timings run inside `trainers.memory.freed_memory_kept()`. Without it glibc hands activation buffers larger
+than its mmap threshold back to the OS after every call and page-faults them in again on the next one: we
+saw the same CIFAR ResNet-56 take 190 ms per batch of 64 in one process and 127 ms in another, depending
+only on the allocator's history. Raising the thresholds makes timings repeatable and closer to a
+long-running server with a caching allocator; they come down again when the timing ends, because a
+process that kept them trained every later model with its buffers stuck on the heap (trainers/memory.py).
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from torch import nn
 
 from precrop.nn.counting import count_cost
 from trainers.loop import autocast_context
+from trainers.memory import freed_memory_kept
 
 
 @dataclass(frozen=True)
@@ -36,19 +35,6 @@ class Timing:
 
     median_ms: float
     repeats: int
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed buffers (mmap and trim thresholds at 1 GiB); False where that is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def _time_calls(
@@ -68,9 +54,7 @@ def _time_calls(
 
 
 def timing_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """A channels-last copy of `model` on `device` to time (glibc told to keep freed memory on the CPU)."""
-    if device.type == "cpu":
-        keep_freed_memory()
+    """A channels-last copy of `model` on `device` to time (time it inside `freed_memory_kept()` on the CPU)."""
     return copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
 
 
@@ -91,8 +75,13 @@ def measure_latency(
 ) -> Timing:
     """Median inference time of a batch (eval mode, no grad) on a copy of `model`."""
     device = torch.device(device)
-    net = timing_copy(model, device).eval()
-    return time_inference(net, torch.randn(batch_size, *input_shape, device=device), warmup, repeats, max_seconds)
+
+    def timed() -> Timing:  # its copy and input are freed when it returns, before the memory is released
+        net = timing_copy(model, device).eval()
+        return time_inference(net, torch.randn(batch_size, *input_shape, device=device), warmup, repeats, max_seconds)
+
+    with freed_memory_kept():
+        return timed()
 
 
 def time_inference(
@@ -120,19 +109,24 @@ def measure_train_step(
 ) -> Timing:
     """Median time of forward + backward + SGD step on a copy of `model` (train mode)."""
     device = torch.device(device)
-    net = timing_copy(model, device).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    x = torch.randn(batch_size, *input_shape, device=device)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
 
-    def step() -> None:
-        with autocast_context(device, amp=True):
-            loss = F.cross_entropy(net(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def timed() -> Timing:  # its copy, optimizer and batch are freed when it returns, before the release
+        net = timing_copy(model, device).train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+        x = torch.randn(batch_size, *input_shape, device=device)
+        y = torch.randint(0, num_classes, (batch_size,), device=device)
 
-    return _time_calls(step, _sync_for(device), warmup, repeats, max_seconds)
+        def step() -> None:
+            with autocast_context(device, amp=True):
+                loss = F.cross_entropy(net(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return _time_calls(step, _sync_for(device), warmup, repeats, max_seconds)
+
+    with freed_memory_kept():
+        return timed()
 
 
 def measure_model(
