@@ -38,7 +38,7 @@ def request_from_args(args: argparse.Namespace) -> AllocationRequest:
         macs = args.scale
     request = AllocationRequest(
         params=args.params, macs=macs, variant=args.variant, divisor=args.divisor,
-        min_width=args.min_width, expand=args.expand, density_solver=args.solver,
+        min_width=args.min_width, expand=args.expand, density_solver=args.solver, objective=args.objective,
     )  # fmt: skip
     request.validate()
     return request

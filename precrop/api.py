@@ -50,6 +50,7 @@ def crop(
     scale: float | None = None,
     expand: float = 1.0,
     method: str = "synexp",
+    objective: str = "layer",
     divisor: int = 8,
     min_width: int = 8,
     seed: int = 0,
@@ -62,7 +63,8 @@ def crop(
     Budgets are fractions of the dense model's cost: `macs=0.5` keeps half the MACs, `params=0.3` 30% of
     the parameters (both may be given). `scale=S` with `expand=U` is PreConfig: a MACs budget of S x the
     dense cost, with every channel group allowed to grow to U x its width. `method` is a width method of
-    the registry (synexp, uniform; pfs and prunenet score the model on `batches`). The copy is
+    the registry (synexp, uniform; pfs and prunenet score the model on `batches`); `objective` is what
+    synexp maximizes (`layer`, the paper's sum over layers, or `path`: each channel mask once per path). The copy is
     re-initialized by `init` (every module's reset_parameters by default; None keeps the sliced weights).
     `source` is recorded as the plan's `arch`: give the name the model can be rebuilt from
     (`torchvision:resnet18`, `timm:...`, `my.module:make_net`) if you want `precrop.load` to rebuild it
@@ -78,7 +80,7 @@ def crop(
     num_classes = _num_classes(model, example_input)
     arch = source or default_source(model)
     table = trace_layer_table(copy.deepcopy(model), arch, shape[1], num_classes, verify=True)
-    request = _request(macs, params, scale, expand, divisor, min_width)
+    request = _request(macs, params, scale, expand, divisor, min_width, objective)
     probe = Probe(copy.deepcopy(model), tuple(batches), seed) if spec.needs_model else None
     plan = realize(method, table, request, probe).plan
     cropped = _resized_copy(model, table, plan)
@@ -169,13 +171,15 @@ def _num_classes(model: nn.Module, example_input: torch.Tensor) -> int:
 
 
 def _request(
-    macs: float | None, params: float | None, scale: float | None, expand: float, divisor: int, min_width: int
+    macs: float | None, params: float | None, scale: float | None, expand: float, divisor: int, min_width: int,
+    objective: str = "layer",
 ) -> AllocationRequest:
     """The allocation request of crop's budget arguments (scale is PreConfig's name for a MACs budget)."""
     if scale is not None and macs is not None:
         raise UserError("give either scale or macs, not both (scale S means a MACs budget of S)")
     request = AllocationRequest(
-        params=params, macs=scale if scale is not None else macs, divisor=divisor, min_width=min_width, expand=expand
+        params=params, macs=scale if scale is not None else macs, divisor=divisor, min_width=min_width, expand=expand,
+        objective=objective,
     )
     request.validate()
     return request

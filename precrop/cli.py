@@ -1,4 +1,4 @@
-"""The `info` and `allocate` commands of the `precrop` command line; user errors exit with code 2.
+"""The `info`, `allocate` and `synexp` commands of the `precrop` command line; user errors exit with code 2.
 
 The full `precrop` command (with `train`, and later `search`) is assembled in `search/cli.py`, the top
 layer; this module only knows the commands of the precrop package so that it imports nothing above it.
@@ -74,9 +74,12 @@ def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[On
 
 
 def add_precrop_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
-    """Register `info` and `allocate` (without data loading)."""
+    """Register `info`, `allocate` (without data loading) and `synexp`."""
+    from precrop.proxy_cli import add_synexp_command
+
     add_info_command(commands)
     add_allocate_command(commands)
+    add_synexp_command(commands)
 
 
 def add_info_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
@@ -94,6 +97,7 @@ def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser
     """Register `allocate` with every method of the registry; return its parser (trainers adds data options)."""
     from precrop.methods.registry import METHODS
     from precrop.width.mapping import VARIANTS
+    from precrop.width.objective import OBJECTIVES
 
     alloc = commands.add_parser("allocate", help="widths or weight masks for a params and/or MACs budget")
     alloc.add_argument("arch", help="a built-in name or a model source (see `precrop info --list`)")
@@ -106,6 +110,9 @@ def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser
     )
     alloc.add_argument("--variant", default="gp", choices=VARIANTS, type=one_of("variant", VARIANTS),
                        help=f"channel mapping: {', '.join(VARIANTS)} (default gp)")  # fmt: skip
+    alloc.add_argument("--objective", default="layer", choices=OBJECTIVES, type=one_of("objective", OBJECTIVES),
+                       help="what SynExp sums: layer (the paper's, every layer) or path (each channel mask once "
+                       "per path: depthwise convs and gate branches add nothing; see docs/method.md)")  # fmt: skip
     alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
     alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")
     alloc.add_argument("--expand", type=float, default=1.0, help="PreConfig: groups may grow to U x base")
@@ -153,6 +160,10 @@ def run_precrop_command(args: argparse.Namespace) -> int:
         from precrop.allocate_cli import run_allocate
 
         return run_allocate(args)
+    if args.command == "synexp":
+        from precrop.proxy_cli import run_synexp
+
+        return run_synexp(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

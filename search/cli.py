@@ -19,6 +19,7 @@ from precrop.cli import (
     run_reporting_user_errors,
 )
 from precrop.errors import UserError
+from precrop.proxy_cli import add_synexp_command
 from search.schema import COST_METRICS
 from trainers.allocate_cli import add_allocate_command
 from trainers.cli import add_train_command
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser, commands = new_parser()
     add_info_command(commands)
     add_allocate_command(commands)
+    add_synexp_command(commands)
     add_train_command(commands)
     add_search_commands(commands)
     return parser

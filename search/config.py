@@ -91,6 +91,7 @@ class SpaceConfig:
     budget: tuple[float, float] = (0.2, 1.0)
     expand: float = 1.0
     variant: str = "gp"
+    objective: str = "layer"  # what synexp maximizes: layer (the paper's) or path (precrop/width/objective.py)
     divisor: int = 8
     min_width: int = 8
     lr: tuple[float, float] = (0.02, 0.2)
@@ -482,6 +483,9 @@ def _validate_space(
         ok = 0 < low <= high <= space.expand
         _require(ok, "space.budget", f"must lie in (0, expand={space.expand}] for PreConfig, got {list(space.budget)}")
     _choice("space.variant", space.variant, variants)
+    from precrop.width.objective import OBJECTIVES
+
+    _choice("space.objective", space.objective, OBJECTIVES)
     _count("space.divisor", space.divisor)
     _count("space.min_width", space.min_width)
     _range("space.lr", space.lr, positive=True)

@@ -86,7 +86,8 @@ def setup_params(config: ExperimentConfig, point: TrialPoint, plan: WidthPlan, s
     return {
         "arch": config.model.arch, "dataset": config.data.name, Param.ALLOCATOR: point.allocator,
         Param.BUDGET: point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
-        Param.VARIANT: point.variant or space.variant, "divisor": space.divisor, "min_width": space.min_width,
+        Param.VARIANT: point.variant or space.variant, Param.OBJECTIVE: space.objective, "divisor": space.divisor,
+        "min_width": space.min_width,
         Param.SEED: seed, Param.GRANULARITY: plan.granularity,
         "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
     }  # fmt: skip

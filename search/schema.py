@@ -133,6 +133,7 @@ class Param(StrEnum):
     BUDGET = "budget"
     SEED = "seed"
     VARIANT = "variant"
+    OBJECTIVE = "objective"  # what synexp maximizes: layer or path
     GRANULARITY = "granularity"  # channel, weight or filter: what the method prunes
     SEARCH_DIR = "search_dir"  # the parent run's Tune directory
 

@@ -111,6 +111,7 @@ class TrialPoint:
             params=params,
             macs=macs,
             variant=self.variant or space.variant,
+            objective=space.objective,
             divisor=space.divisor,
             min_width=space.min_width,
             expand=space.expand,

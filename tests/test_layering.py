@@ -32,6 +32,7 @@ def test_import_contracts_hold() -> None:
         ("trainers/loop.py", "import mlflow", "precrop and trainers import no ray, mlflow or optuna"),
         ("precrop/nn/build.py", "import trainers.recipe", "search -> trainers -> precrop"),
         ("precrop/width/rounding.py", "import precrop.nn.counting", "inside precrop"),
+        ("precrop/nn/build.py", "import precrop.methods.registry", "inside precrop"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path: pathlib.Path, module: str, bad_import: str,

@@ -39,6 +39,7 @@ from precrop.methods.masks import (
     prunable_layers,
     select_global,
 )
+from precrop.nn.tracing import GATES
 from precrop.width.allocate import AllocationRequest
 from precrop.width.costmodel import INPUT_GROUP, LayerTable
 
@@ -68,9 +69,8 @@ LINEARIZED: tuple[type[nn.Module], ...] = (
     nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Mish, nn.Tanh, nn.Softsign, nn.Softplus, nn.Tanhshrink,
     nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.LogSigmoid,
 )  # fmt: skip
-# Sigmoid-like gates (the `scale_activation` of torchvision's SqueezeExcitation in EfficientNet,
-# MobileNetV3, RegNet) saturate at 1 and zero the gradient into their branch: they become UnitMeanGate.
-GATES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Hardsigmoid)
+# Sigmoid-like gates (precrop.nn.tracing.GATES) saturate at 1 and zero the gradient into their branch: they
+# become UnitMeanGate.
 
 
 class UnitMeanGate(nn.Module):
@@ -105,7 +105,7 @@ def linearize(net: nn.Module) -> nn.Module:
     return net
 
 
-def _positive_copy(model: nn.Module) -> nn.Module:
+def positive_copy(model: nn.Module) -> nn.Module:
     """A float64, eval-mode, linearized deep copy whose parameters and floating buffers are all non-negative."""
     net = linearize(copy.deepcopy(model)).to(torch.float64).eval()
     with torch.no_grad():
@@ -140,7 +140,7 @@ def _set_masked(
 
 def synflow_scores(model: nn.Module, table: LayerTable, masks: Mapping[str, torch.Tensor] | None = None) -> Scores:
     """SynFlow score |theta * dR/dtheta| (float64) of every prunable weight, on the masked model if `masks`."""
-    net = _positive_copy(model)
+    net = positive_copy(model)
     weights = layer_weights(net, table)
     if masks is not None:
         _set_masked(weights, {n: w.detach().clone() for n, w in weights.items()}, masks)
@@ -184,7 +184,7 @@ def iterative_synflow_masks(
     """Masks of iterative SynFlow: `rounds` rescorings down an exponential budget schedule."""
     if rounds < 1:
         raise ValueError(f"SynFlow needs at least one round, got {rounds}")
-    net = _positive_copy(model)
+    net = positive_copy(model)
     weights = layer_weights(net, table)
     originals = {n: w.detach().clone() for n, w in weights.items()}
     masks: Masks = {n: torch.ones(w.shape, dtype=torch.bool) for n, w in weights.items()}

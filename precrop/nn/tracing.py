@@ -2,11 +2,14 @@
 
 torch-pruning finds which channels are coupled (residual adds, depthwise convs, concatenations,
 elementwise products such as squeeze-excitation); each coupled set becomes one ChannelGroup. Forward
-hooks record every conv/linear layer's output size. The result is checked against counted cost.
+hooks record every conv/linear layer's output size, and which layers feed a sigmoid-like gate (`GATES`):
+those and the layers that feed only them form gate branches (`Layer.gate`). The result is checked
+against counted cost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +33,9 @@ from precrop.width.costmodel import (
 
 RESIZABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 LAYER_TYPES = (nn.Conv2d, nn.Linear, ChannelPad)
+# Sigmoid-like gates: the `scale_activation` of torchvision's SqueezeExcitation (EfficientNet, MobileNetV3,
+# RegNet) and timm's `gate`. A layer whose output is a gate's input starts a gate branch.
+GATES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Hardsigmoid)
 
 
 class TracingError(UserError, RuntimeError):
@@ -77,24 +83,60 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
-def _record_forward(model: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], dict[nn.Module, tuple[int, ...]]]:
-    """Forward order of conv/linear/pad layers and their output shapes."""
-    order: list[nn.Module] = []
-    shapes: dict[nn.Module, tuple[int, ...]] = {}
+@dataclass
+class _Forward:
+    """What one forward pass showed: conv/linear/pad layers in order, their output shapes, and the layers whose
+    output a gate module took as its input."""
 
-    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        if module not in shapes:
-            order.append(module)
-        shapes[module] = tuple(output.shape)
+    order: list[nn.Module] = field(default_factory=list)
+    shapes: dict[nn.Module, tuple[int, ...]] = field(default_factory=dict)
+    gated: set[nn.Module] = field(default_factory=set)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
+
+def _record_forward(model: nn.Module, x: torch.Tensor) -> _Forward:
+    """Run `model` on `x` once, recording the layers' order and shapes and which of them feed a gate."""
+    seen = _Forward()
+    outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensors stay alive, so no id is reused
+
+    def layer_hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        if module not in seen.shapes:
+            seen.order.append(module)
+        seen.shapes[module] = tuple(output.shape)
+        outputs[id(output)] = (module, output)
+
+    def gate_hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if inputs and id(inputs[0]) in outputs:
+            seen.gated.add(outputs[id(inputs[0])][0])
+
+    handles = [m.register_forward_hook(layer_hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    handles += [m.register_forward_pre_hook(gate_hook) for m in model.modules() if isinstance(m, GATES)]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return order, shapes
+    return seen
+
+
+def mark_gate_branches(layers: Sequence[Layer], gated: set[str]) -> list[Layer]:
+    """`layers` with `gate` set on every layer of a gate branch: the layers in `gated` (a gate reads their
+    output), then, until nothing changes, every layer whose output group has readers and is read by gate layers
+    only (a squeeze-excitation block's first conv, whose hidden group only its second conv reads)."""
+    branch = set(gated)
+    readers: dict[str, set[str]] = {}
+    for layer in layers:
+        for group in layer.in_groups:
+            readers.setdefault(group, set()).add(layer.name)
+    changed = True
+    while changed:
+        changed = False
+        for layer in layers:
+            read_by = readers.get(layer.out_group, set())
+            if layer.name not in branch and read_by and read_by <= branch:
+                branch.add(layer.name)
+                changed = True
+    return [dataclasses.replace(layer, gate=layer.name in branch) for layer in layers]
 
 
 def trace_layer_table(
@@ -119,7 +161,8 @@ def trace_layer_table(
 def _trace(model: nn.Module, arch: str, input_size: int, num_classes: int) -> LayerTable:
     model.eval()
     x = torch.randn(1, 3, input_size, input_size)
-    order, shapes = _record_forward(model, x)
+    forward = _record_forward(model, x)
+    order, shapes = forward.order, forward.shapes
     if not order:
         raise TracingError(f"{arch} has no Conv2d or Linear layer")
     graph = tp.DependencyGraph().build_dependency(
@@ -138,6 +181,7 @@ def _trace(model: nn.Module, arch: str, input_size: int, num_classes: int) -> La
         if layer.kind == "conv" and layer.conv_groups > 1 and not layer.depthwise:
             for g in (*layer.in_groups, layer.out_group):
                 _mark_fixed(infos, group_names, g)
+    layers = mark_gate_branches(layers, {names[m] for m in forward.gated})
     norms = [
         _norm_entry(m, names[m], tuple(group_names[g] for g in gids), sum(infos[g].width for g in gids))
         for m, gids in norm_group.items()

@@ -19,7 +19,7 @@ from precrop.width.budget import over_budget
 from precrop.width.costmodel import Cost, LayerTable
 from precrop.width.density import CvxDensitySolver, DensityProblem, InfeasibleBudget, closed_form
 from precrop.width.mapping import VARIANTS, ChannelMapper, movable_groups
-from precrop.width.objective import continuous_uniform, objective_terms
+from precrop.width.objective import OBJECTIVES, continuous_uniform, objective_terms
 from precrop.width.plan import WidthPlan
 from precrop.width.posynomial import posynomial
 from precrop.width.rounding import WidthBounds, best_rounding, closeness_to, repair, round_widths, width_bounds
@@ -42,7 +42,8 @@ class AllocationRequest:
     """What to allocate: budgets as fractions of the dense cost, and the width rules.
 
     PreCrop: expand = 1 and budgets in (0, 1]. PreConfig: expand > 1 lets groups grow up to
-    expand x base, and budgets may exceed 1 (scale s: budget = s x base cost).
+    expand x base, and budgets may exceed 1 (scale s: budget = s x base cost). `objective` picks the
+    SynExp sum SynExp maximizes (objective.py: `layer`, the paper's, or `path`).
     """
 
     params: float | None = None
@@ -53,6 +54,7 @@ class AllocationRequest:
     expand: float = 1.0
     d_min: float = 0.01
     density_solver: str = "closed_form"
+    objective: str = "layer"
 
     def validate(self) -> None:
         """Raise BudgetError for any value a user could get wrong."""
@@ -70,6 +72,8 @@ class AllocationRequest:
                 )
         if self.variant not in VARIANTS:
             raise BudgetError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.objective not in OBJECTIVES:
+            raise BudgetError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.divisor < 1 or self.min_width < 1:
             raise BudgetError("divisor and min width must be positive integers")
         if not math.isfinite(self.expand) or not 1 <= self.expand <= MAX_EXPAND:
@@ -149,18 +153,20 @@ class SynExpAllocator:
         except ValueError as exc:  # the floor fits, so this is the solver's failure, named as such
             raise BudgetError(f"the {request.variant!r} channel mapping found no solution: {exc}") from exc
         targets = {g: table.group(g).width * math.exp(y) for g, y in zip(mapper.groups, result.y, strict=True)}
-        value = objective_terms(table, mapper.groups).values
+        value = objective_terms(table, mapper.groups, request.objective).values
         widths = best_rounding(table, targets, bounds, budgets, mapper.costs, value)
         predicted = Cost(*(round(mapper.posynomials[m].value(result.y)) for m in ("params", "macs")))
         return allocated_plan(table, request, self.name, widths, predicted, result.status, start)
 
     def _mapper(self, table: LayerTable, request: AllocationRequest, bounds: dict[str, WidthBounds]) -> ChannelMapper:
-        key = (table, request.variant, request.metrics, request.divisor, request.min_width, request.expand)
+        key = (table, request.variant, request.metrics, request.divisor, request.min_width, request.expand,
+               request.objective)  # fmt: skip
         if key not in self._mappers:
             groups = movable_groups(table, request.variant)
             lower = np.array([math.log(bounds[g].low / table.group(g).width) for g in groups])
             upper = np.array([math.log(bounds[g].high / table.group(g).width) for g in groups])
-            self._mappers[key] = ChannelMapper(table, request.variant, request.metrics, lower, upper)
+            self._mappers[key] = ChannelMapper(table, request.variant, request.metrics, lower, upper,
+                                               request.objective)  # fmt: skip
         mapper = self._mappers[key]
         return mapper
 
@@ -172,7 +178,8 @@ class SynExpAllocator:
         mapper: ChannelMapper,
         budgets: dict[str, float],
     ) -> np.ndarray:
-        """Solve the density program over the layers the variant can change."""
+        """Solve the density program over the layers the mapping scores (the ones the variant can change and the
+        objective sums over); the others' cost is held at base here, and the mapping's exact budgets decide."""
         base = table.base_widths
         layers = mapper.layers
         params = np.array([layer.weight_count(base) for layer in layers], dtype=np.float64)
@@ -185,7 +192,7 @@ class SynExpAllocator:
         bp, bf = density_budget.get("params"), density_budget.get("macs")
         try:
             if request.density_solver == "cvxpy":
-                key = (table, request.variant, request.metrics, request.d_min, request.expand)
+                key = (table, request.variant, request.metrics, request.d_min, request.expand, request.objective)
                 if key not in self._density_solvers:
                     self._density_solvers[key] = CvxDensitySolver(problem, bp is not None, bf is not None)
                 d = self._density_solvers[key].solve(bp, bf)

@@ -46,7 +46,9 @@ class Layer:
     `in_groups` lists the concatenated input segments in order (usually one group).
     `in_per_channel` is the number of input features per input channel (a linear layer after a
     flatten of a C x H x W map reads H*W features per channel). `positions` is the number of output
-    positions per sample the weights are applied at (H_out * W_out for a conv).
+    positions per sample the weights are applied at (H_out * W_out for a conv). `gate` marks a layer on a
+    gate branch: everything it computes reaches the output only through a sigmoid-like gate that scales
+    another tensor (a squeeze-excitation block's two convs).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Layer:
     bias: bool = False
     out_hw: tuple[int, int] = (1, 1)
     in_per_channel: int = 1
+    gate: bool = False
 
     @property
     def positions(self) -> int:
@@ -253,4 +256,5 @@ def _layer_from_dict(entry: Mapping[str, Any]) -> Layer:
         bias=bool(entry["bias"]),
         out_hw=_int_pair(entry["out_hw"]),
         in_per_channel=int(entry["in_per_channel"]),
+        gate=bool(entry.get("gate", False)),  # tables written before gates were traced have none
     )

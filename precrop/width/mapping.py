@@ -9,7 +9,8 @@ variant is a convex program in y with the exact posynomial budgets (see posynomi
 
 The paper's own channel rule is not public; these are our reconstruction. A concatenated input's
 log ratio is approximated in the objective by the channel-weighted mean of its parts' log ratios;
-the budgets stay exact. Imports numpy/cvxpy only.
+the budgets stay exact. The rows are the layers the objective (objective.py: `layer` or `path`) sums over;
+every layer's cost stays in the budgets. Imports numpy/cvxpy only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from precrop.width.costmodel import Layer, LayerTable
+from precrop.width.objective import scored_layers
 from precrop.width.posynomial import METRICS, Posynomial, posynomial
 
 VARIANTS = ("fit", "gp", "internal")
@@ -39,14 +41,14 @@ def movable_groups(table: LayerTable, variant: str) -> tuple[str, ...]:
     return tuple(g for g in prunable if writers.get(g, 0) == 1)
 
 
-def density_rows(table: LayerTable, groups: Sequence[str]) -> tuple[list[Layer], NDArray[np.float64]]:
-    """Layers touching a movable group, and the matrix M with M @ y = log density of each."""
+def density_rows(
+    table: LayerTable, groups: Sequence[str], objective: str = "layer"
+) -> tuple[list[Layer], NDArray[np.float64]]:
+    """Layers `objective` scores that touch a movable group, and the matrix M with M @ y = log density of each."""
     index = {g: i for i, g in enumerate(groups)}
     base = table.base_widths
     layers, rows = [], []
-    for layer in table.layers:
-        if layer.kind == "channel_pad":
-            continue
+    for layer in scored_layers(table, objective):
         row = np.zeros(len(groups))
         if layer.out_group in index:
             row[index[layer.out_group]] += 1.0
@@ -79,11 +81,12 @@ class ChannelMapper:
         metrics: Sequence[str],
         lower: NDArray[np.float64],
         upper: NDArray[np.float64],
+        objective: str = "layer",
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         self.groups = movable_groups(table, variant)
-        self.layers, self.rows = density_rows(table, self.groups)
+        self.layers, self.rows = density_rows(table, self.groups, objective)
         self.posynomials: dict[str, Posynomial] = {m: posynomial(table, m, self.groups) for m in METRICS}
         self.costs = {m: self.posynomials[m] for m in metrics}
         self._scales = {m: cost.value(np.zeros(len(self.groups))) for m, cost in self.costs.items()}

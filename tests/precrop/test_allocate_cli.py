@@ -69,6 +69,7 @@ def test_table_output_shows_base_and_new_widths(capsys: pytest.CaptureFixture[st
         (["--macs", "nan"], "positive"),
         (["--params", "0.0001"], "minimum widths"),
         (["--macs", "0.5", "--variant", "nope"], "unknown variant 'nope'"),
+        (["--macs", "0.5", "--objective", "paths"], "unknown objective 'paths'; choose one of layer, path"),
         (["--macs", "0.5", "--scale", "0.5"], "not both"),
         (["--expand", "1e9", "--scale", "1e8"], "expand must be in [1, 16]"),  # hung building 1e9-wide choices
         (["--macs", "0.5", "--allocator", "erk", "--seed", "-1"], "expected a seed from 0 to 4294967295"),

@@ -93,6 +93,15 @@ def test_crop_meets_the_budget_by_an_independent_count(budget: dict[str, float])
     assert plan.num_classes == 7 and plan.input_shape == (3, 16, 16)
 
 
+def test_crop_takes_the_objective_and_records_it_in_the_plan() -> None:
+    _, layer = precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.4)
+    _, path = precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.4, objective="path")
+    assert (layer.options["objective"], path.options["objective"]) == ("layer", "path")
+    assert dict(layer.widths) == dict(path.widths)  # no depthwise conv, no gate: the same function
+    with pytest.raises(UserError, match="unknown objective 'paths'"):
+        precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.4, objective="paths")
+
+
 def test_crop_ties_the_residual_add_and_shrinks_the_tied_group_together() -> None:
     small, plan = precrop.crop(TinyResidualNet(), EXAMPLE, macs=0.4)
     convs = {n: m for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}

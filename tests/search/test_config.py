@@ -69,6 +69,7 @@ def test_defaults_round_trip_through_to_dict() -> None:
         ("resources.gpu=1.5", "resources.gpu: must be a GPU fraction"),
         ("model.arch=resnet9000", "model.arch: unknown value 'resnet9000'"),
         ("objectives.cost=energy", "objectives.cost: unknown value 'energy'"),
+        ("space.objective=paths", "space.objective: unknown value 'paths' (choose from layer, path)"),
         ("space=3", "space must be a mapping"),
     ],
 )
