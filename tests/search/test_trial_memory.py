@@ -6,15 +6,16 @@ The search test is `-m memory` (about 4 minutes on 2 cores; CI runs it); the hel
 from __future__ import annotations
 
 import copy
-import ctypes
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from search.latency import time_models
 from search.schema import Metric, Tag
-from tests.search.conftest import TINY_CONFIG, run_precrop, search_runs, write_config
+from tests.search.conftest import ROOT, TINY_CONFIG, run_precrop, search_env, search_runs, write_config
 from trainers import memory
 
 GROWTH_LIMIT_MB = 300
@@ -33,50 +34,76 @@ def test_rss_and_peak_are_read_from_proc() -> None:
     assert rss is not None and rss <= peak
 
 
-def _mmaps_large_blocks() -> bool | None:
-    """Whether glibc now maps a block just above its adaptive ceiling (given back on free) or serves it from
-    the heap (kept); None without glibc's mallinfo2."""
-    libc = memory._glibc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
-        return None
+# Run in a fresh interpreter: glibc serves a request from a free chunk of the heap when one is large enough,
+# whatever its mmap threshold, so in a process that has run other tests the probe would read that history
+# (it did in CI, after the full suite), not the thresholds.
+GLIBC_PROBE = """
+import ctypes, json, sys
+import torch
+from search.latency import time_models
+from trainers import memory
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                     "keepcost")]  # fmt: skip
+libc = memory._glibc()
+if libc is None or not hasattr(libc, "mallinfo2"):
+    print(json.dumps(None)); sys.exit()
 
-    libc.mallinfo2.restype = MallInfo2
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    size = memory.ADAPTIVE_MMAP_CEILING + (1 << 20)
-    mapped_before = libc.mallinfo2().hblkhd
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mmaps_large_blocks():
+    # does glibc map a 768 MiB block (given back on free) or serve it from the heap? Above the adaptive ceiling,
+    # below the kept threshold, and larger than any free chunk this script leaves (those are reused first);
+    # never touched, so it costs no memory
+    size = 768 << 20
+    before = libc.mallinfo2().hblkhd
     block = libc.malloc(size)
-    mapped = libc.mallinfo2().hblkhd - mapped_before
+    mapped = libc.mallinfo2().hblkhd - before
     libc.free(block)
-    return bool(mapped >= size)
+    return mapped >= size
+
+seen = {"start": mmaps_large_blocks()}
+with memory.freed_memory_kept() as applied:
+    seen["applied"] = applied
+    seen["inside"] = mmaps_large_blocks()
+    blocks = [torch.ones(8 << 20, dtype=torch.uint8) for _ in range(32)]  # 256 MiB of heap, as timing makes
+    del blocks[:-1]  # all but the last: the heap's top stays in use, so glibc trims nothing by itself
+    held = memory.rss_mb()
+    memory.release_freed_memory()
+    seen["released_mb"] = held - memory.rss_mb()
+seen["after"] = mmaps_large_blocks()
+time_models([torch.nn.Conv2d(3, 8, 3)], [(3, 8, 8)], batch=2, rounds=1)
+seen["after_timing"] = mmaps_large_blocks()
+print(json.dumps(seen))
+"""
 
 
-def test_timing_raises_the_thresholds_only_while_it_times() -> None:
-    """After a timing, a 33 MiB buffer is mapped again (given back on free) instead of staying on the heap."""
-    if _mmaps_large_blocks() is None:
+@pytest.fixture(scope="module")
+def glibc_probe() -> dict[str, object]:
+    """What GLIBC_PROBE saw in a fresh interpreter (skips where the process does not run on glibc)."""
+    out = subprocess.run([sys.executable, "-c", GLIBC_PROBE], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=search_env())  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.splitlines()[-1])
+    if seen is None:
         pytest.skip("not glibc")
-    with memory.freed_memory_kept() as applied:
-        assert applied and _mmaps_large_blocks() is False
-    assert _mmaps_large_blocks() is True
-    time_models([torch.nn.Conv2d(3, 8, 3)], [(3, 8, 8)], batch=2, rounds=1)
-    assert _mmaps_large_blocks() is True
+    return dict(seen)
 
 
-def test_release_gives_freed_heap_memory_back() -> None:
-    if memory._glibc() is None or memory.rss_mb() is None:
-        pytest.skip("not glibc on Linux")
-    with memory.freed_memory_kept():  # heap allocations, as timing makes them
-        blocks = [torch.ones(8 << 20, dtype=torch.uint8) for _ in range(32)]  # 256 MiB in 8 MiB tensors
-        del blocks[:-1]  # all but the last: the top of the heap stays in use, so no automatic trim
-        held = memory.rss_mb()
-        memory.release_freed_memory()
-        released = memory.rss_mb()
-    assert held is not None and released is not None and held - released >= 200
+def test_timing_raises_the_thresholds_only_while_it_times(glibc_probe: dict[str, object]) -> None:
+    """After a timing, a large buffer is mapped again (given back on free) instead of staying on the heap."""
+    assert glibc_probe["start"] is True and glibc_probe["applied"] is True
+    assert glibc_probe["inside"] is False
+    assert glibc_probe["after"] is True and glibc_probe["after_timing"] is True
+
+
+def test_release_gives_freed_heap_memory_back(glibc_probe: dict[str, object]) -> None:
+    released = glibc_probe["released_mb"]
+    assert isinstance(released, float) and released >= 200, released
 
 
 @pytest.mark.memory
