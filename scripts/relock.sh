@@ -11,7 +11,8 @@
 #   options: --ci (run all of .ci/run instead of the README's test command), --no-test, --no-commit
 #
 # The resolver is uv's `pip compile` (the dev extra pins uv, so everyone resolves with the same one). The lock
-# is universal: one file with environment markers for Linux, macOS and Windows and for Python 3.11 and newer.
+# is universal: one file whose environment markers pick the lines for each platform and Python 3.11 and newer
+# (tested only on Linux x86_64 with Python 3.11, where CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
         --ci) test_command=ci ;;
         --no-test) test_command=none ;;
         --no-commit) commit=0 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see bash scripts/relock.sh --help)" ;;
     esac
     shift
