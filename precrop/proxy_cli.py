@@ -33,7 +33,7 @@ class ProxyRow:
         """JSON-ready."""
         return {
             "plan": self.name, "arch": self.plan.arch, "allocator": self.plan.allocator,
-            "objective": self.plan.options.get("objective"), "macs_fraction": _fraction(self.plan, "macs"),
+            "objective": _objective_of(self.plan) or None, "macs_fraction": _fraction(self.plan, "macs"),
             "params_fraction": _fraction(self.plan, "params"), "measured_log_r": list(self.measured.per_seed),
             "measured_mean": self.measured.mean, "measured_std": self.measured.std,
             "predicted_log_r": self.predicted,
@@ -83,6 +83,7 @@ def uniform_at_cost_of(plan: WidthPlan) -> WidthPlan:
     from precrop.width.allocate import AllocationRequest, UniformAllocator
 
     table = plan_table(plan)
+
     def at_cost(metric: str) -> float | None:
         return _fraction(plan, metric) if plan.budget.get(metric) is not None else None
 
@@ -98,7 +99,7 @@ def render_rows(rows: list[ProxyRow], seeds: int) -> str:
               f"{'measured log R/R_dense':>22}  {'layer/2':>8} {'path/2':>8}")  # fmt: skip
     lines = [header, "-" * len(header)]
     for row in rows:
-        objective = str(row.plan.options.get("objective", "")) if row.plan.allocator == "synexp" else ""
+        objective = _objective_of(row.plan)
         measured = f"{row.measured.mean:.2f} +- {row.measured.std:.2f}"
         lines.append(
             f"{row.name[:34]:<34} {row.plan.allocator:<9} {objective:<9} {_fraction(row.plan, 'macs'):>6.3f} "
@@ -109,6 +110,12 @@ def render_rows(rows: list[ProxyRow], seeds: int) -> str:
                  "of the dense init (higher keeps more paths); layer/2, path/2: what each SynExp objective "
                  "predicts")  # fmt: skip
     return "\n".join(lines)
+
+
+def _objective_of(plan: WidthPlan) -> str:
+    """The objective a synexp plan maximized; "" for other allocators (their options carry the request's
+    default, which they ignore)."""
+    return str(plan.options.get("objective", "layer")) if plan.allocator == "synexp" else ""
 
 
 def _fraction(plan: WidthPlan, metric: str) -> float:
