@@ -1,50 +1,46 @@
 #!/usr/bin/env bash
-# GPU evidence for issue 16, in one command that ends within 9 minutes on one H200-class GPU (16 cores):
+# GPU evidence (issues 16 and 27), in one command that ends within 9 minutes on one H100/H200 (16 cores),
+# without Ray, MLflow, cvxpy or scipy (the GPU machine has none of them, and no package registry):
 #
-#   bash benchmarks/gpu_evidence.sh OUT_DIR
+#   bash benchmarks/gpu_bundle.sh                       # here: wheels, plans and data into gpu_bundle/
+#   bash benchmarks/gpu_evidence.sh OUT_DIR             # there: run(..., carry=["gpu_bundle"])
 #
 # Steps, in priority order, each under `timeout` and logged to OUT_DIR/<step>.log:
-#   1. pytest-gpu       python -m pytest -m gpu -q (tests/trainers/test_cuda.py)
-#   2. throughput       benchmarks/throughput.py --device cuda: our loop against the plain DataLoader loop
-#   3. studies          precrop study ... --out OUT_DIR/<study> (study.md: both tables; study.csv, paired.csv)
-#        r20-params-baselines    baselines   configs/cifar10_resnet20_params_cpu.yaml   budgets 0.3,0.5
-#        r20-params-granularity  granularity configs/cifar10_resnet20_params_cpu.yaml   budget 0.3
-#        mbv2-macs-baselines     baselines   configs/cifar10_mobilenetv2_macs_cpu.yaml  budgets 0.3,0.5
-#      all on the full training split (45,000 images), 3 seeds, GPU_EVIDENCE_EPOCHS epochs, several trials
-#      sharing the GPU (resources.gpu), the data resident on the GPU; MLflow in OUT_DIR/mlflow.db.
+#   1. pytest-gpu   python -m pytest tests/trainers/test_cuda.py (the CUDA path of the training loop)
+#   2. throughput   benchmarks/throughput.py --device cuda: our loop against the plain DataLoader loop
+#   3. speedup      benchmarks/speedup.py --device cuda: cropped models against dense and masked ones
+#   4. study        benchmarks/width_study.py --device cuda: mobilenetv2_cifar under a MACs budget, arms
+#                   layer, path, uniform and synflow (gpu_settings.sh) and the ablation of `path`, several
+#                   worker processes sharing the GPU, several schedule lengths (shortest first), 3 seeds;
+#                   OUT_DIR/study/cells.jsonl (one line per finished cell), study.md, paired.csv, study.png
 # A step that would start after GPU_EVIDENCE_LAST_START_S (480 s) is skipped, and each step's timeout
 # ends it by GPU_EVIDENCE_BUDGET_S (540 s); both are noted in OUT_DIR/SKIPPED.txt. OUT_DIR/steps.log
-# has each step's start, end, exit code and duration. The study tables can be remade later from the
-# MLflow file without training: precrop study KIND CONFIG --report --set mlflow.tracking_uri=sqlite:///...
+# has each step's start, end, exit code and duration. The study keeps every cell that finished before its
+# timeout; its 95% intervals need scipy: remake them here with
+#   python benchmarks/width_study.py --out OUT_DIR/study --report
 #
-# Data: data/cifar10-jpg (train/, test/), git-ignored; if only data/cifar10-jpg.tar.gz is there it is
-# extracted first (on the device machine, copy ../shared/data/cifar10-jpg.tar.gz into data/ and name it
-# in the tool's `carry`); with neither, the throughput step and the studies are skipped with a note.
-# The studies also need ray, mlflow, optuna, cvxpy and torch-pruning importable (PYTHONPATH may name a
-# folder of carried wheels); without them they are skipped with a note and pytest runs the CUDA tests only.
+# The bundle (GPU_EVIDENCE_BUNDLE, default gpu_bundle/): wheels/ are installed with pip --no-index into a
+# scratch folder put on PYTHONPATH (torch-pruning always; pytest only where it is missing); the study's
+# channel plans are copied from study/plans/ (synflow's masks are made on the GPU); the data archive is
+# extracted into the scratch folder. Without a bundle (a machine with the full install) the plans are
+# allocated and the data is read from data/cifar10-jpg.
 #
 # Environment (defaults in brackets):
-#   GPU_EVIDENCE_STUDIES     comma list of the studies above, run in that order [all three, as listed]
-#   GPU_EVIDENCE_EPOCHS      epochs per trial [4]            GPU_EVIDENCE_SUBSET  training images [45000]
-#   GPU_EVIDENCE_SEEDS       seeds per cell [3]              GPU_EVIDENCE_BUDGETS baselines budgets [0.3,0.5]
-#   GPU_EVIDENCE_GPU         GPU fraction per trial [0.125]  GPU_EVIDENCE_CONCURRENCY trials at once [8]
-#   GPU_EVIDENCE_CPUS        CPUs per trial [1.5]
-#   GPU_EVIDENCE_BUDGET_S    hard end of the script [540]    GPU_EVIDENCE_LAST_START_S no step starts after [480]
-#   GPU_EVIDENCE_SCRATCH     Ray results and MLflow artifacts (model weights) [$TMPDIR/gpu_evidence]
-#   GPU_EVIDENCE_TAR         also pack OUT_DIR into this .tar.gz at the end (the device tool returns 8 files)
-#   GPU_EVIDENCE_TINY=1      CPU smoke test: 300 images, 1 epoch, 1 seed, budget 0.3, one trial at a time,
-#                            CPU allowed (without TINY a CUDA device is required); pytest -m gpu then skips
-#   PYTHON                   the interpreter [python3]
+#   GPU_EVIDENCE_EPOCHS    schedule lengths, comma list [5,15]   GPU_EVIDENCE_SUBSET  training images [15000]
+#   GPU_EVIDENCE_SEEDS     seeds per cell [3]                    GPU_EVIDENCE_JOBS    processes on the GPU [8]
+#   GPU_EVIDENCE_ARMS, _BUDGETS, _ABLATE, _SPEEDUP_ARCHS        see benchmarks/gpu_settings.sh
+#   GPU_EVIDENCE_BUDGET_S  hard end of the script [540]         GPU_EVIDENCE_LAST_START_S no step starts after [480]
+#   GPU_EVIDENCE_SCRATCH   wheels, data, torch caches [$TMPDIR/gpu_evidence]
+#   GPU_EVIDENCE_TAR       also pack OUT_DIR into this .tar.gz at the end
+#   GPU_EVIDENCE_TINY=1    CPU smoke test: synthetic data, 1 epoch, 2 seeds, budget 0.3, arms layer,uniform,
+#                          1 job (without TINY a CUDA device is required); pytest-gpu then skips its tests
+#   PYTHON                 the interpreter [python3]
 #
-# Time estimate (not measured: no GPU run yet; see docs/benchmarks.md "GPU evidence (not yet run)"):
-# a trial of ResNet-20 at batch 128 in eager PyTorch is bound by kernel launches (~10-20k img/s alone);
-# 8 trials sharing the GPU are assumed to reach ~40k img/s together, MobileNetV2 (2x the layers,
-# depthwise) ~20k. Per study add ~60-120 s: Ray start, each actor's CUDA init and JPEG decode, the CPU
-# latency timing, and the end of the study (every cell's test accuracy on the driver's CPU, re-timing).
-# With 4 epochs of 45,000 images: r20 baselines 24 trials x 180k img = 4.3M img ~ 110 s + ~90 s;
-# granularity 9 trials ~ 40 s + ~60 s; pytest (one torch.compile) ~ 60 s, throughput ~ 40 s, data
-# extraction ~ 20 s. That leaves ~2 minutes for the MobileNetV2 study, which needs ~4: it is last and
-# is stopped by its timeout (noted) unless the GPU is faster than assumed.
+# Time estimate (not measured: no GPU run yet; docs/benchmarks.md "GPU evidence"): mobilenetv2_cifar at 30%
+# of the MACs trains at ~1,000 images/s on the 2-core CPU; in eager PyTorch on one GPU a small CIFAR model is
+# bound by kernel launches, ~5-10k images/s per process, assumed ~30k together for 8 processes. The default
+# grid is 24 cells x (5 + 15) epochs x 15,000 images + 9 ablation cells x 15 epochs = 9.2M images, ~300 s,
+# beside ~60 s for pytest, ~40 s throughput, ~60 s speedup. The study is last, shortest schedules first.
 set -uo pipefail
 
 if [[ $# -ne 1 || $1 == -* ]]; then
@@ -58,22 +54,23 @@ PY=${PYTHON:-python3}
 TINY=${GPU_EVIDENCE_TINY:-0}
 SCRATCH=${GPU_EVIDENCE_SCRATCH:-${TMPDIR:-/tmp}/gpu_evidence}
 DATA=$ROOT/data/cifar10-jpg
+mkdir -p "$SCRATCH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 \
     MLFLOW_DISABLE_TELEMETRY=true MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
+BUNDLE=${GPU_EVIDENCE_BUNDLE:-$ROOT/gpu_bundle}
+# shellcheck source=benchmarks/gpu_settings.sh
+source "$ROOT/benchmarks/gpu_settings.sh"
 if [[ $TINY == 1 ]]; then
-    EPOCHS=${GPU_EVIDENCE_EPOCHS:-1} SUBSET=${GPU_EVIDENCE_SUBSET:-300} SEEDS=${GPU_EVIDENCE_SEEDS:-1}
-    BUDGETS=${GPU_EVIDENCE_BUDGETS:-0.3} CONCURRENCY=${GPU_EVIDENCE_CONCURRENCY:-1}
-    CPUS=${GPU_EVIDENCE_CPUS:-1} BUDGET_S=${GPU_EVIDENCE_BUDGET_S:-3600} LAST_START_S=${GPU_EVIDENCE_LAST_START_S:-3500}
-    IMAGES=256 VAL_FRACTION=0.02  # 1,000 validation images instead of 5,000
+    EPOCHS=${GPU_EVIDENCE_EPOCHS:-1} SEEDS=${GPU_EVIDENCE_SEEDS:-2} JOBS=${GPU_EVIDENCE_JOBS:-1}
+    ARMS=${GPU_EVIDENCE_ARMS:-layer,uniform} BUDGETS=${GPU_EVIDENCE_BUDGETS:-0.3} ABLATE=${GPU_EVIDENCE_ABLATE:-}
+    SPEEDUP_ARCHS=${GPU_EVIDENCE_SPEEDUP_ARCHS:-cifar_resnet20}
+    BUDGET_S=${GPU_EVIDENCE_BUDGET_S:-3600} LAST_START_S=${GPU_EVIDENCE_LAST_START_S:-3500} IMAGES=256
 else
-    EPOCHS=${GPU_EVIDENCE_EPOCHS:-4} SUBSET=${GPU_EVIDENCE_SUBSET:-45000} SEEDS=${GPU_EVIDENCE_SEEDS:-3}
-    BUDGETS=${GPU_EVIDENCE_BUDGETS:-0.3,0.5} CONCURRENCY=${GPU_EVIDENCE_CONCURRENCY:-8}
-    CPUS=${GPU_EVIDENCE_CPUS:-1.5} BUDGET_S=${GPU_EVIDENCE_BUDGET_S:-540} LAST_START_S=${GPU_EVIDENCE_LAST_START_S:-480}
-    IMAGES=20000 VAL_FRACTION=0.1
+    EPOCHS=${GPU_EVIDENCE_EPOCHS:-5,15} SEEDS=${GPU_EVIDENCE_SEEDS:-3} JOBS=${GPU_EVIDENCE_JOBS:-8}
+    BUDGET_S=${GPU_EVIDENCE_BUDGET_S:-540} LAST_START_S=${GPU_EVIDENCE_LAST_START_S:-480} IMAGES=20000
 fi
-GPU=${GPU_EVIDENCE_GPU:-0.125}
-STUDIES=${GPU_EVIDENCE_STUDIES:-r20-params-baselines,r20-params-granularity,mbv2-macs-baselines}
+SUBSET=${GPU_EVIDENCE_SUBSET:-15000}
 GRACE=25  # seconds kept after a step's timeout: `timeout -k` and the next step's bookkeeping
 START=$SECONDS
 : >"$OUT_DIR/SKIPPED.txt"
@@ -109,48 +106,60 @@ step() {
     return 0
 }
 
-# the data: extracted folder, else the archive extracted into it; prints why not on failure
+# the data: data/cifar10-jpg when extracted there, else the bundle's (or data/'s) archive extracted into the
+# scratch folder; prints why not on failure
 prepare_data() {
+    local archive
     if [[ -d $DATA/train && -d $DATA/test ]]; then
         return 0
     fi
-    if [[ ! -f $ROOT/data/cifar10-jpg.tar.gz ]]; then
-        note "data: neither data/cifar10-jpg nor data/cifar10-jpg.tar.gz: throughput and studies skipped"
-        return 1
-    fi
-    log "extracting data/cifar10-jpg.tar.gz"
-    if ! { mkdir -p "$DATA" && tar xzf "$ROOT/data/cifar10-jpg.tar.gz" -C "$DATA"; }; then
-        note "data: extracting data/cifar10-jpg.tar.gz failed: throughput and studies skipped"
-        return 1
-    fi
-}
-
-# kind config budgets of a study name
-study_spec() {
-    case $1 in
-    r20-params-baselines) echo "baselines cifar10_resnet20_params_cpu.yaml $BUDGETS" ;;
-    r20-params-granularity) echo "granularity cifar10_resnet20_params_cpu.yaml ${BUDGETS%%,*}" ;;
-    mbv2-macs-baselines) echo "baselines cifar10_mobilenetv2_macs_cpu.yaml $BUDGETS" ;;
-    *) return 1 ;;
-    esac
-}
-
-run_study() {
-    local name=$1 spec kind config budgets gpu=$GPU
-    spec=$(study_spec "$name") || {
-        note "$name: unknown study (choose r20-params-baselines, r20-params-granularity, mbv2-macs-baselines)"
+    DATA=$SCRATCH/cifar10-jpg
+    if [[ -d $DATA/train && -d $DATA/test ]]; then
         return 0
-    }
-    read -r kind config budgets <<<"$spec"
-    [[ $DEVICE == cuda ]] || gpu=0
-    mkdir -p "$SCRATCH"
-    # the working directory decides where MLflow keeps artifacts (./mlruns): the scratch folder, not OUT_DIR
-    step "$name" 600 env --chdir="$SCRATCH" "$PY" -m search.cli study "$kind" "$ROOT/configs/$config" \
-        --budgets "$budgets" --seeds "$SEEDS" --out "$OUT_DIR/$name" \
-        --set "data.data_dir=$DATA" --set "data.train_subset=$SUBSET" --set "data.val_fraction=$VAL_FRACTION" \
-        --set "data.resident='yes'" --set "space.epochs=$EPOCHS" --set "resources.gpu=$gpu" \
-        --set "resources.cpu=$CPUS" --set "search.concurrency=$CONCURRENCY" \
-        --set "mlflow.tracking_uri=sqlite:///$OUT_DIR/mlflow.db" --set "ray.storage_path=$SCRATCH/ray_results"
+    fi
+    for archive in "$BUNDLE/cifar10-jpg.tar.gz" "$ROOT/data/cifar10-jpg.tar.gz" ""; do
+        [[ -z $archive || -f $archive ]] && break
+    done
+    if [[ -z $archive ]]; then
+        note "data: no data/cifar10-jpg and no cifar10-jpg.tar.gz in the bundle or data/: throughput and study skipped"
+        return 1
+    fi
+    log "extracting $archive"
+    if ! { mkdir -p "$DATA" && tar xzf "$archive" -C "$DATA"; }; then
+        note "data: extracting $archive failed: throughput and study skipped"
+        return 1
+    fi
+}
+
+# the bundle's wheels on PYTHONPATH (pip --no-index into the scratch folder); a wheel already importable is left
+install_wheels() {
+    local site=$SCRATCH/site wheel name module wanted=()
+    [[ -d $BUNDLE/wheels ]] || return 0
+    for wheel in "$BUNDLE"/wheels/*.whl; do
+        name=$(basename "$wheel" | cut -d- -f1)
+        module=${name//-/_}  # the carried wheels' import names are their names
+        "$PY" -c "import $module" 2>/dev/null || wanted+=("$wheel")
+    done
+    ((${#wanted[@]})) || return 0
+    log "installing ${#wanted[@]} carried wheels into $site"
+    if ! "$PY" -m pip install --quiet --no-index --no-deps --target "$site" "${wanted[@]}" >"$OUT_DIR/wheels.log" 2>&1; then
+        note "wheels: pip could not install them (see wheels.log); adding the wheel files to PYTHONPATH instead"
+        site=$(IFS=:; echo "${wanted[*]}")
+    fi
+    export PYTHONPATH="$PYTHONPATH:$site"
+}
+
+# the width study: plans from the bundle when it has them (no solver needed), then train
+run_study() {
+    local study=$OUT_DIR/study tiny=()
+    mkdir -p "$study/plans"
+    if [[ -d $BUNDLE/study/plans ]]; then
+        cp -n "$BUNDLE"/study/plans/*.json "$study/plans/" 2>/dev/null || true
+    fi
+    [[ $TINY == 1 ]] && tiny=(--tiny)
+    step study 600 "$PY" "$ROOT/benchmarks/width_study.py" --out "$study" --device "$DEVICE" --jobs "$JOBS" \
+        --arms "$ARMS" --budgets "$BUDGETS" --ablate "$ABLATE" --epochs "$EPOCHS" --seeds "$SEEDS" \
+        --train-subset "$SUBSET" --data-dir "$DATA" "${tiny[@]}"
 }
 
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo none)
@@ -163,42 +172,30 @@ if [[ $DEVICE != cuda && $TINY != 1 ]]; then
     exit 2
 fi
 {
-    echo "started $(date -u +%FT%TZ) on $(hostname), device $DEVICE, tiny=$TINY"
+    echo "started $(date -u +%FT%TZ) on $(hostname), device $DEVICE, tiny=$TINY, $(nproc) cores"
     "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-    echo "epochs=$EPOCHS subset=$SUBSET seeds=$SEEDS budgets=$BUDGETS gpu=$GPU concurrency=$CONCURRENCY cpus=$CPUS"
-    echo "studies=$STUDIES budget=${BUDGET_S}s last_start=${LAST_START_S}s"
+    echo "epochs=$EPOCHS subset=$SUBSET seeds=$SEEDS jobs=$JOBS arms=$ARMS budgets=$BUDGETS ablate=$ABLATE"
+    echo "budget=${BUDGET_S}s last_start=${LAST_START_S}s bundle=$BUNDLE ($(du -sh "$BUNDLE" 2>/dev/null | cut -f1))"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 } 2>&1 | tee "$OUT_DIR/environment.txt"
 
-STACK=yes
-if ! missing=$("$PY" - <<'EOF'
-import importlib.util
-names = ("ray", "mlflow", "optuna", "cvxpy", "torch_pruning")
-missing = [n for n in names if importlib.util.find_spec(n) is None]
-print(" ".join(missing))
-raise SystemExit(1 if missing else 0)
-EOF
-); then
-    STACK=no
-    note "search stack missing ($missing): studies skipped; pytest runs tests/trainers/test_cuda.py only"
-fi
-
-if [[ $STACK == yes ]]; then
-    step pytest-gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider
+install_wheels
+SPEEDUP_PLANS=$BUNDLE/plans/speedup
+[[ -d $SPEEDUP_PLANS ]] || SPEEDUP_PLANS=$SCRATCH/speedup_plans  # no bundle: allocated (and kept) there
+step pytest-gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu "$ROOT/tests/trainers/test_cuda.py"
+if [[ $TINY == 1 ]]; then  # synthetic data: the CPU smoke test needs no archive
+    DATA_OK=yes
 else
-    step pytest-gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/trainers/test_cuda.py
+    prepare_data && DATA_OK=yes || DATA_OK=no
 fi
-
-if prepare_data; then
+if [[ $DATA_OK == yes && $TINY != 1 ]]; then
     step throughput 120 "$PY" "$ROOT/benchmarks/throughput.py" --device "$DEVICE" --data-dir "$DATA" \
         --images "$IMAGES" --workers "$(($(nproc) / 2 > 1 ? $(nproc) / 2 : 1))"
-    if [[ $STACK == yes ]]; then
-        IFS=, read -ra names <<<"$STUDIES"
-        for name in "${names[@]}"; do
-            run_study "$name"
-        done
-    fi
 fi
+# shellcheck disable=SC2086  # the architectures are words
+step speedup 120 "$PY" "$ROOT/benchmarks/speedup.py" --device "$DEVICE" --archs $SPEEDUP_ARCHS \
+    --plans-dir "$SPEEDUP_PLANS" --max-seconds "$([[ $TINY == 1 ]] && echo 1 || echo 5)"
+[[ $DATA_OK == yes ]] && run_study
 
 log "done"
 if [[ -n ${GPU_EVIDENCE_TAR:-} ]]; then

@@ -7,7 +7,7 @@ conv and linear layer, the same fraction of weights the 50% cropped model keeps.
 measured speedup matches the MACs saved). For the masked model the MACs reduction is that of the
 cropped model it mirrors: it performs the same number of non-zero multiply-adds in theory.
 
-Run: python benchmarks/speedup.py [--archs cifar_resnet56 resnet50] [--device cpu] [--max-seconds 20]
+Run: python benchmarks/speedup.py [--archs cifar_resnet56 resnet50] [--device cpu] [--max-seconds 20] [--plans-dir D]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import copy
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from precrop.nn.counting import count_cost
 from precrop.nn.zoo import REGISTRY
 from precrop.textui import format_table
 from precrop.width.allocate import AllocationRequest, SynExpAllocator
-from precrop.width.plan import WidthPlan
+from precrop.width.costmodel import LayerTable
+from precrop.width.plan import WidthPlan, read_plan_file
 from trainers.measure import measure_latency, measure_train_step
 
 TRAIN_BATCH = {"cifar_resnet56": 64, "resnet50": 16}
@@ -75,11 +77,23 @@ def time_variant(
     return Row(arch, variant, fraction, params / plan.base.params, b1, b64, step.median_ms)
 
 
+def crop_plan(table: LayerTable, macs: float, plans_dir: str | None) -> WidthPlan:
+    """SynExp's plan at `macs` of the dense MACs: read from `plans_dir` when it holds it (the GPU machine has no
+    solver: benchmarks/gpu_bundle.sh makes the plans beforehand), else allocated (and saved there)."""
+    path = Path(plans_dir) / f"speedup_{table.arch}_{macs:g}.json" if plans_dir else None
+    if path is not None and path.exists():
+        return read_plan_file(path)
+    plan = SynExpAllocator().allocate(table, AllocationRequest(macs=macs))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(plan.to_json())
+    return plan
+
+
 def bench_arch(arch: str, args: argparse.Namespace) -> list[Row]:
     """Dense, 50% and 25% MACs crops, and the masked mirror of the 50% crop."""
     table = layer_table(arch)
-    allocator = SynExpAllocator()
-    plans = {f"precrop {int(f * 100)}%": allocator.allocate(table, AllocationRequest(macs=f)) for f in (0.5, 0.25)}
+    plans = {f"precrop {int(f * 100)}%": crop_plan(table, f, args.plans_dir) for f in (0.5, 0.25)}
     spec = REGISTRY.get(arch)
     torch.manual_seed(0)
     dense = spec.build(spec.num_classes)
@@ -121,7 +135,14 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["cifar_resnet56", "resnet50"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="per measurement (min 3 repeats)")
+    parser.add_argument("--plans-dir", help="read the cropped plans from here when present, else write them here")
+    parser.add_argument("--plans-only", action="store_true", help="only write the plans into --plans-dir")
     args = parser.parse_args()
+    if args.plans_only:
+        for arch in args.archs:
+            for macs in (0.5, 0.25):
+                crop_plan(layer_table(arch), macs, args.plans_dir)
+        return
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
     rows = [row for arch in args.archs for row in bench_arch(arch, args)]
     print(render(rows))

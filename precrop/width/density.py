@@ -10,7 +10,8 @@ constant times prod_l d_l, hence the log-sum objective. Its KKT solution is
 d_l = clip(1 / (lam P_l + mu F_l), d_min, u); `closed_form` finds the multipliers by root finding,
 `CvxDensitySolver` solves the same program with cvxpy, compiled once with Parameters.
 
-Imports numpy/scipy/cvxpy only, never torch.
+Imports numpy/scipy/cvxpy only, never torch; scipy and cvxpy when a program is solved, so that building
+and training a model from a saved plan needs neither (the GPU machine has neither, issue 27).
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cvxpy as cp
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import brentq
 
 Vector = NDArray[np.float64]
 
@@ -74,6 +73,8 @@ def _multiplier(problem: DensityProblem, weights: Vector, budget: float, lam_fix
         lo -= 20.0
     while usage(hi) > 0:
         hi += 20.0
+    from scipy.optimize import brentq
+
     return math.exp(brentq(usage, lo, hi, xtol=1e-14, rtol=1e-15, maxiter=500))
 
 
@@ -101,6 +102,8 @@ def closed_form(problem: DensityProblem, budget_params: float | None, budget_mac
         lam = _multiplier(problem, problem.params, budget_params, mu, False)
         return float(problem.macs @ _densities(problem, lam, mu)) - budget_macs
 
+    from scipy.optimize import brentq
+
     log_mu = brentq(macs_excess, math.log(mu_f) - 60.0, math.log(mu_f), xtol=1e-13, maxiter=500)
     mu = math.exp(log_mu)
     return _densities(problem, _multiplier(problem, problem.params, budget_params, mu, False), mu)
@@ -115,6 +118,8 @@ class CvxDensitySolver:
     def __init__(self, problem: DensityProblem, use_params: bool, use_macs: bool) -> None:
         if not (use_params or use_macs):
             raise ValueError("use at least one budget")
+        import cvxpy as cp
+
         self.problem = problem
         n = len(problem.params)
         self._d = cp.Variable(n)
@@ -131,6 +136,8 @@ class CvxDensitySolver:
 
     def solve(self, budget_params: float | None, budget_macs: float | None) -> Vector:
         """Densities at the given absolute budgets (None for an unused one)."""
+        import cvxpy as cp
+
         self.problem.check(budget_params, budget_macs)
         if self.use_params:
             assert budget_params is not None

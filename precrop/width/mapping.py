@@ -10,7 +10,7 @@ variant is a convex program in y with the exact posynomial budgets (see posynomi
 The paper's own channel rule is not public; these are our reconstruction. A concatenated input's
 log ratio is approximated in the objective by the channel-weighted mean of its parts' log ratios;
 the budgets stay exact. The rows are the layers the objective (objective.py: `layer` or `path`) sums over;
-every layer's cost stays in the budgets. Imports numpy/cvxpy only.
+every layer's cost stays in the budgets. Imports numpy, and cvxpy when a program is built.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cvxpy as cp
 import numpy as np
 from numpy.typing import NDArray
 
@@ -83,6 +82,8 @@ class ChannelMapper:
         upper: NDArray[np.float64],
         objective: str = "layer",
     ) -> None:
+        import cvxpy as cp  # here, not at the top: training from a saved plan needs no solver
+
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         self.groups = movable_groups(table, variant)
@@ -107,6 +108,8 @@ class ChannelMapper:
 
     def solve(self, log_densities: NDArray[np.float64], budgets: dict[str, float]) -> MappingResult:
         """Log keep ratios meeting `budgets` (absolute costs) closest to the densities."""
+        import cvxpy as cp
+
         self._log_d.value = log_densities
         for metric, cost in self.costs.items():
             self._budgets[metric].value = max(budgets[metric] - cost.constant, 0.0) / self._scales[metric]

@@ -31,14 +31,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import sparse
 
 from precrop.width.budget import largest_fitting
 from precrop.width.costmodel import Layer, LayerTable
 from precrop.width.posynomial import posynomial
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 Matrix = NDArray[np.float64]
 
@@ -77,9 +80,9 @@ class ObjectiveTerms:
     """
 
     groups: tuple[str, ...]
-    out: sparse.csr_matrix  # layers x groups
+    out: csr_matrix  # layers x groups
     out_const: Matrix
-    inp: sparse.csr_matrix  # layers x groups
+    inp: csr_matrix  # layers x groups
     in_const: Matrix
 
     def values(self, ratios: Matrix) -> Matrix:
@@ -116,7 +119,9 @@ def objective_terms(table: LayerTable, groups: Sequence[str], objective: str = "
                 inp[row, index[g]] += base[g] / total
             else:
                 in_const[row] += base[g] / total
-    return ObjectiveTerms(tuple(groups), sparse.csr_matrix(out), out_const, sparse.csr_matrix(inp), in_const)
+    from scipy.sparse import csr_matrix  # here: training from a saved plan needs no scipy
+
+    return ObjectiveTerms(tuple(groups), csr_matrix(out), out_const, csr_matrix(inp), in_const)
 
 
 @dataclass(frozen=True)
