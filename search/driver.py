@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,7 +315,8 @@ def _fit(
             run_config=run_config,
         )  # fmt: skip
     results = tuner.fit()
-    if len(results) < trials or _unfinished_trials(record.path):
+    errored = {Path(r.path).name for r in results if r.error is not None}
+    if len(results) < trials or _unfinished_trials(record.path, errored):
         raise KeyboardInterrupt  # Tune caught Ctrl-C (SIGINT), saved its state and returned early
 
 
@@ -390,18 +392,23 @@ def _saved_trials(path: str) -> list[Trial] | None:
         return None
 
 
-def _unfinished_trials(path: str) -> set[str]:
+def _unfinished_trials(path: str, errored: Collection[str] = ()) -> set[str]:
     """Ids of the trials Tune's saved state holds as not yet ended (to run on at resume); empty when none saved.
 
     Tune catches the first SIGINT itself: it stops the running trials, saves the experiment one last time
     and returns from `fit` as if the search were done. Its interrupt flag is local to `tune.run` and its
     ResultGrid then counts the stopped trials as terminated; only the saved state still holds them
     unfinished (PENDING), as `--resume` will see them. At a normal end every saved trial has ended.
+
+    `errored` names the folders of trials `fit` returned with an error: a trial whose worker process died
+    (killed for memory, SIGKILL) with no retries left is an error in the ResultGrid but can still be PENDING
+    in the saved state when `fit` returns (Ray 2.60, measured): it has ended, it is not an interrupt.
     """
     from ray.tune.experiment import Trial
 
     trials = _saved_trials(path) or []
-    return {t.trial_id for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)}
+    ended = (Trial.TERMINATED, Trial.ERROR)
+    return {t.trial_id for t in trials if t.status not in ended and Path(t.path).name not in errored}
 
 
 def print_ui_hint(record: SearchRecord) -> None:
