@@ -315,7 +315,7 @@ def _fit(
             run_config=run_config,
         )  # fmt: skip
     results = tuner.fit()
-    errored = {Path(r.path).name for r in results if r.error is not None}
+    errored = {Path(results[i].path).name for i in range(len(results)) if results[i].error is not None}
     if len(results) < trials or _unfinished_trials(record.path, errored):
         raise KeyboardInterrupt  # Tune caught Ctrl-C (SIGINT), saved its state and returned early
 
@@ -408,7 +408,7 @@ def _unfinished_trials(path: str, errored: Collection[str] = ()) -> set[str]:
 
     trials = _saved_trials(path) or []
     ended = (Trial.TERMINATED, Trial.ERROR)
-    return {t.trial_id for t in trials if t.status not in ended and Path(t.path).name not in errored}
+    return {t.trial_id for t in trials if t.status not in ended and Path(t.path or "").name not in errored}
 
 
 def print_ui_hint(record: SearchRecord) -> None:
