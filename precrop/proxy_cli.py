@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from precrop.cli import OneLineErrorParser, positive_int
@@ -58,7 +59,7 @@ def run_synexp(args: argparse.Namespace) -> int:
         plan = read_plan_file(path)
         rows.append(score(path, plan, seeds))
         if not args.no_uniform and plan.allocator != "uniform":
-            rows.append(score(f"  uniform at {path}'s cost", uniform_at_cost_of(plan), seeds))
+            rows.append(score(f"  uniform at {Path(path).name}'s cost", uniform_at_cost_of(plan), seeds))
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()))
@@ -94,22 +95,21 @@ def uniform_at_cost_of(plan: WidthPlan) -> WidthPlan:
 
 
 def render_rows(rows: list[ProxyRow], seeds: int) -> str:
-    """The table `precrop synexp` prints."""
-    header = (f"{'plan':<34} {'allocator':<9} {'objective':<9} {'MACs':>6} {'params':>6}  "
-              f"{'measured log R/R_dense':>22}  {'layer/2':>8} {'path/2':>8}")  # fmt: skip
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        objective = _objective_of(row.plan)
-        measured = f"{row.measured.mean:.2f} +- {row.measured.std:.2f}"
-        lines.append(
-            f"{row.name[:34]:<34} {row.plan.allocator:<9} {objective:<9} {_fraction(row.plan, 'macs'):>6.3f} "
-            f"{_fraction(row.plan, 'params'):>6.3f}  {measured:>22}  {row.predicted['layer']:>8.2f} "
-            f"{row.predicted['path']:>8.2f}"
-        )
-    lines.append(f"measured: SynFlow's log path score of the cropped network minus the dense one's, {seeds} seeds "
-                 "of the dense init (higher keeps more paths); layer/2, path/2: what each SynExp objective "
-                 "predicts")  # fmt: skip
-    return "\n".join(lines)
+    """The table `precrop synexp` prints (columns sized to their longest entry: long plan and allocator names
+    stay whole)."""
+    from precrop.textui import format_table
+
+    header = ["plan", "allocator", "objective", "MACs", "params", "measured log R/R_dense", "layer/2", "path/2"]
+    body = [
+        [row.name, row.plan.allocator, _objective_of(row.plan), f"{_fraction(row.plan, 'macs'):.3f}",
+         f"{_fraction(row.plan, 'params'):.3f}", f"{row.measured.mean:.2f} +- {row.measured.std:.2f}",
+         f"{row.predicted['layer']:.2f}", f"{row.predicted['path']:.2f}"]
+        for row in rows
+    ]  # fmt: skip
+    legend = (f"measured: SynFlow's log path score of the cropped network minus the dense one's, {seeds} seed(s) "
+              "of the dense init (higher keeps more paths); layer/2, path/2: what each SynExp objective "
+              "predicts")  # fmt: skip
+    return format_table(header, body) + "\n" + legend
 
 
 def _objective_of(plan: WidthPlan) -> str:
