@@ -75,6 +75,21 @@ def allocate(
     return realize(name, table, request, Probe(dense, probe_batches, seed))
 
 
+# What the CIFAR MobileNetV2 study measured (docs/results.md section 2, issue 27): shown with every SynExp plan of
+# a network with depthwise convs, so that a user compares before training one
+DEPTHWISE_NOTE = (
+    "note: {arch} has depthwise convs; on MobileNetV2 uniform scaling trained as well as or better than SynExp at "
+    "equal MACs (docs/results.md, section 2): compare with --allocator uniform"
+)
+
+
+def depthwise_note(plan: WidthPlan, table: LayerTable) -> str | None:
+    """The note above for a SynExp plan of a network with depthwise convs; None otherwise."""
+    if plan.allocator != "synexp" or not any(layer.depthwise for layer in table.layers):
+        return None
+    return DEPTHWISE_NOTE.format(arch=plan.arch)
+
+
 def run_allocate(args: argparse.Namespace, batches: BatchSource | None = None) -> int:
     """The `precrop allocate` command; `batches(seed)` supplies training batches for data-driven methods."""
     request = request_from_args(args)
@@ -90,4 +105,6 @@ def run_allocate(args: argparse.Namespace, batches: BatchSource | None = None) -
             print(f"masks drawn on the dense model initialized with seed {args.seed}")
         if args.output:
             print(f"plan written to {args.output}")
+        if note := depthwise_note(plan, table):
+            print(note)
     return 0

@@ -133,3 +133,17 @@ def test_data_driven_method_without_data_loading_is_one_line(capsys: pytest.Capt
     assert main(["allocate", "cifar_resnet20", "--macs", "0.5", "--allocator", "snip"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "snip scores the model on training batches" in err[0] and "--dataset" in err[0]
+
+
+@pytest.mark.parametrize(("arch", "allocator", "noted"), [("mobilenetv2_cifar", "synexp", True),
+                                                          ("mobilenetv2_cifar", "uniform", False),
+                                                          ("cifar_resnet20", "synexp", False)])  # fmt: skip
+def test_synexp_on_depthwise_nets_points_at_the_measured_study(
+    arch: str, allocator: str, noted: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CIFAR MobileNetV2 study found uniform scaling as good or better there: the table says so (not --json)."""
+    assert main(["allocate", arch, "--macs", "0.3", "--allocator", allocator]) == 0
+    out = capsys.readouterr().out
+    assert ("compare with --allocator uniform" in out) == noted
+    assert main(["allocate", arch, "--macs", "0.3", "--allocator", allocator, "--json"]) == 0
+    json.loads(capsys.readouterr().out)  # the JSON stays pure
