@@ -37,8 +37,8 @@
 #   PYTHON                 the interpreter [python3]
 #
 # Time estimate (not measured: no GPU run yet; docs/benchmarks.md "GPU evidence"): mobilenetv2_cifar at 30%
-# of the MACs trains at ~1,000 images/s on the 2-core CPU; in eager PyTorch on one GPU a small CIFAR model is
-# bound by kernel launches, ~5-10k images/s per process, assumed ~30k together for 8 processes. The default
+# of the MACs trains at ~180 images/s on the 2-core CPU (2 threads); in eager PyTorch on one GPU a small
+# CIFAR model is bound by kernel launches, ~5-10k images/s per process, assumed ~30k for 8 processes. The default
 # grid is 24 cells x (5 + 15) epochs x 15,000 images + 9 ablation cells x 15 epochs = 9.2M images, ~300 s,
 # beside ~60 s for pytest, ~40 s throughput, ~60 s speedup. The study is last, shortest schedules first.
 set -uo pipefail
