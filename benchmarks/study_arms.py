@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from precrop.methods.registry import method, realize
+from precrop.methods.registry import METHODS, realize
 from precrop.width.allocate import AllocationRequest, allocated_plan, budgets_and_bounds
 from precrop.width.costmodel import LOGITS_GROUP, LayerTable
 from precrop.width.objective import OBJECTIVES
@@ -67,11 +67,8 @@ def parse_arm(arm: str) -> tuple[str, str | None]:
 
 def method_is_mask(name: str) -> bool:
     """True for a registered mask method that scores the model without data (synflow, random, erk, ...)."""
-    try:
-        spec = method(name)
-    except Exception:
-        return False
-    return spec.masks and not spec.needs_data
+    spec = METHODS.get(name)
+    return spec is not None and spec.masks and not spec.needs_data
 
 
 def request_for(arm: str, metric: str, budget: float) -> AllocationRequest:
