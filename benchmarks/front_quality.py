@@ -2,7 +2,7 @@
 
     (a) none       every trial trains to the end (`asha.enabled=false`)
     (b) accuracy   Ray's ASHA on val_acc alone (`asha.mode=accuracy`, the old default)
-    (c) pareto     ours: rungs ranked by dominance on (val_acc, MACs) (`asha.mode=pareto`, search/scheduler.py)
+    (c) pareto     ours: rungs ranked by dominance on (val_acc, MACs) (`asha.mode=pareto`, search/run/scheduler.py)
     (d) moasha     Syne Tune's MOASHA (non-dominated sort + epsilon-net at each rung) deciding the
                    same Ray trials through a small adapter below; needs `pip install -e '.[bench]'`
 
@@ -177,12 +177,12 @@ def _has_syne_tune() -> bool:
 
 def run_one(rule: str, config_path: str, overrides: list[str]) -> int:
     """One search in this process; for `moasha`, the driver's scheduler is Syne Tune's, behind an adapter."""
-    from search import driver
-    from search.config import load_config
+    from search.run import driver, launch
+    from search.spec.parse import load_config
 
     config = load_config(config_path, overrides)
     if rule == "moasha":
-        driver._scheduler = _syne_tune_moasha  # type: ignore[assignment]
+        launch.early_stopping = _syne_tune_moasha  # type: ignore[assignment]
     return driver.run_search(config)
 
 

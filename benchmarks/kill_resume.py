@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.ray_processes import list_processes, processes_of_ray_started_by  # noqa: E402
+from search.infra.processes import list_processes, processes_of_ray_started_by  # noqa: E402
 
 
 def _env() -> dict[str, str]:
@@ -50,7 +50,7 @@ def _config(trials: int) -> dict[str, Any]:
 def _ray_left(driver: int) -> int:
     """Ray processes of a Ray `driver` started that are alive once its watchdog has exited."""
     watchdogs = [p for p in psutil.process_iter(["cmdline"])
-                 if (p.info["cmdline"] or [])[-2:] == ["search.reaper", str(driver)]]  # fmt: skip
+                 if (p.info["cmdline"] or [])[-2:] == ["search.run.reaper", str(driver)]]  # fmt: skip
     psutil.wait_procs(watchdogs, timeout=120)
     alive = 0
     for proc in processes_of_ray_started_by(list_processes(), driver):

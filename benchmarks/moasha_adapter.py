@@ -3,7 +3,7 @@
 Syne Tune schedulers drive their own backends, not Ray actors, so this Ray `TrialScheduler` hands
 each result to a `syne_tune...MOASHA` and returns its decision. Only MOASHA's stopping rule is used:
 the configurations still come from the search's own Optuna searcher, so the comparison with
-search/scheduler.py differs in the rung rule alone. MOASHA minimizes every metric, so it sees
+search/run/scheduler.py differs in the rung rule alone. MOASHA minimizes every metric, so it sees
 (-val_acc, cost). Bench-only: the product does not depend on Syne Tune.
 """
 

@@ -60,9 +60,10 @@ def one_process(trials: int) -> list[tuple[float, float]]:
     from precrop.methods.registry import realize
     from precrop.nn.build import build_from_plan, layer_table
     from precrop.width.allocate import AllocationRequest
-    from search.latency import time_models
+    from search.run.latency import time_models
     from trainers import memory
-    from trainers.datasets import DataRequest, load_dataset
+    from trainers.datasets import DataRequest
+    from trainers.load import load_dataset
     from trainers.loop import Trainer
     from trainers.recipe import TrainConfig
 
@@ -79,7 +80,7 @@ def one_process(trials: int) -> list[tuple[float, float]]:
 
     rows = []
     for i in range(trials):
-        memory.release_freed_memory()  # as search/trial.py does first (a no-op in the `before` arm)
+        memory.release_freed_memory()  # as search/run/trial.py does first (a no-op in the `before` arm)
         memory.reset_peak_rss()
         start = memory.rss_mb() or 0.0
         trial(i)

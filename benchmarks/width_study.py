@@ -42,8 +42,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from study_arms import FAMILIES, ablation_arm, parse_arm  # noqa: E402
 
 from precrop.errors import UserError  # noqa: E402
-from search.outputs import to_markdown  # noqa: E402  (stdlib only)
-from search.study_stats import PairedDifference, paired_difference  # noqa: E402  (stdlib + scipy: no Ray, no MLflow)
+from search.results.outputs import to_markdown  # noqa: E402  (stdlib only)
+from search.studies.stats import PairedDifference, paired_difference  # noqa: E402  (stdlib + scipy: no Ray, no MLflow)
 
 CELLS_FILE = "cells.jsonl"
 PLANS_DIR = "plans"
@@ -173,7 +173,8 @@ def _init_worker(threads: int) -> None:
 
 def _dataset(setup: Setup, seed: int) -> Any:
     """The seed's data (split and subset depend on the seed); one entry kept per worker."""
-    from trainers.datasets import DataRequest, load_dataset
+    from trainers.datasets import DataRequest
+    from trainers.load import load_dataset
 
     if seed not in _DATA_CACHE:
         _DATA_CACHE.clear()

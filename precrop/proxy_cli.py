@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from precrop.cli import OneLineErrorParser, positive_int
+from precrop.cli_args import OneLineErrorParser, positive_int
 from precrop.width.plan import WidthPlan, read_plan_file
 
 if TYPE_CHECKING:  # torch: imported when the command runs, not when `precrop` builds its parser

@@ -12,7 +12,7 @@ from pathlib import Path
 from precrop.api import Cropped
 from precrop.api import load as load_folder
 from precrop.errors import UserError
-from search.config_limits import shown
+from search.spec.limits import shown
 
 MODELS_SCHEME = "models:/"
 
@@ -26,9 +26,9 @@ def load(ref: str | Path, tracking_uri: str | None = None) -> Cropped:
     """
     if isinstance(ref, Path) or Path(ref).is_dir():
         return load_folder(ref)
-    from search import tracking
-    from search.config import default_tracking_uri
-    from search.models import load_run_bundle, parse_run_ref, registered_run
+    from search.record import tracking
+    from search.record.models import load_run_bundle, parse_run_ref, registered_run
+    from search.spec.locations import default_tracking_uri
 
     uri = tracking.resolve_tracking_uri(tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri, create=False)

@@ -12,24 +12,34 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from precrop.cli import (
-    OneLineErrorParser,
     add_info_command,
     new_parser,
     run_precrop_command,
     run_reporting_user_errors,
 )
+from precrop.cli_args import OneLineErrorParser
 from precrop.errors import UserError
 from precrop.proxy_cli import add_synexp_command
-from search.schema import COST_METRICS
+from search.spec.schema import COST_METRICS
 from trainers.allocate_cli import add_allocate_command
 from trainers.cli import add_train_command
 
 if TYPE_CHECKING:
-    from search.config import ExperimentConfig
+    from search.spec.config import ExperimentConfig
 
 
 def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
     """Register `search`, `study`, `reconcile`, `pareto`, `export` and `doctor`."""
+    _add_search_command(commands)
+    _add_study_command(commands)
+    _add_reconcile_command(commands)
+    _add_pareto_command(commands)
+    _add_export_command(commands)
+    _add_doctor_command(commands)
+
+
+def _add_search_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """`precrop search CONFIG`: run (or --resume) a search."""
     search = commands.add_parser("search", help="run a Ray Tune + Optuna search described by a YAML config")
     search.add_argument("config", help="experiment config (YAML), e.g. configs/quickstart.yaml")
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -38,6 +48,9 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     search.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: the cluster `ray start` began "
                         "on this machine, else an embedded one)")  # fmt: skip
 
+
+def _add_study_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """`precrop study KIND CONFIG`: train a fixed grid, or --report it again."""
     study = commands.add_parser("study", help="train a fixed grid: granularity, mapping or baselines")
     study.add_argument("kind", choices=("granularity", "mapping", "baselines"),
                        help="granularity: SynExp densities as weight, filter and channel pruning; "
@@ -56,6 +69,9 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
                        help="override one config value (repeatable)")  # fmt: skip
     study.add_argument("--address", help="Ray cluster, as for `precrop search`")
 
+
+def _add_reconcile_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """`precrop reconcile DIR`: re-log a search's results from its Tune directory."""
     reconcile = commands.add_parser(
         "reconcile", help="re-log a search's results from its Tune directory (after MLflow went away)"
     )
@@ -63,6 +79,9 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     reconcile.add_argument("--tracking-uri", default=None,
                            help="default: $MLFLOW_TRACKING_URI, else the URI the search used")  # fmt: skip
 
+
+def _add_pareto_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """`precrop pareto`: a search's front recomputed from MLflow."""
     pareto = commands.add_parser("pareto", help="recompute a search's Pareto front from MLflow")
     pareto.add_argument("--experiment", required=True, help="MLflow experiment name")
     pareto.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
@@ -70,6 +89,9 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
     pareto.add_argument("--search", help="only this search (its name, e.g. quickstart-20261121-101500)")
     pareto.add_argument("--json", action="store_true", help="print the front as JSON")
 
+
+def _add_export_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """`precrop export RUN`: a run's model to ONNX, torch.export or TorchScript."""
     export = commands.add_parser(
         "export", help="export a run's model, normalization included, to ONNX, torch.export (pt2) or TorchScript",
         description="The exported model takes float32 NCHW RGB images in [0, 1] (uint8 / 255) at the plan's "
@@ -88,6 +110,9 @@ def add_search_commands(commands: argparse._SubParsersAction[OneLineErrorParser]
                         "models:/NAME@ALIAS")  # fmt: skip
     export.add_argument("--alias", default="candidate", help="alias for the registered version (default candidate)")
 
+
+def _add_doctor_command(commands: argparse._SubParsersAction[OneLineErrorParser]) -> None:
+    """`precrop doctor`: leftovers of searches, each with the command that cleans it."""
     doctor = commands.add_parser(
         "doctor", help="list what searches left behind on this machine, with the command that cleans each",
         description="Lists Ray processes no live program owns, RUNNING MLflow runs no live search can end, and "
@@ -152,7 +177,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _load_config(args: argparse.Namespace) -> ExperimentConfig:
     """The config file of `search` or `study`, with its --set overrides and --address."""
-    from search.config import load_config
+    from search.spec.parse import load_config
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     return load_config(args.config, overrides)
@@ -160,16 +185,16 @@ def _load_config(args: argparse.Namespace) -> ExperimentConfig:
 
 def _run_search(args: argparse.Namespace) -> int:
     """`precrop search CONFIG`: run (or --resume) a search."""
-    from search.driver import run_search
+    from search.run.driver import run_search
 
     return run_search(_load_config(args), resume=args.resume)
 
 
 def _run_study(args: argparse.Namespace) -> int:
     """`precrop study KIND CONFIG`: train a study's grid, or (--report) remake its tables from MLflow."""
-    from search.driver import run_search
-    from search.study import make_study
-    from search.study_report import run_study_report
+    from search.run.driver import run_search
+    from search.spec.grid import make_study
+    from search.studies.report import run_study_report
 
     config = _load_config(args)
     if args.report:
@@ -183,10 +208,10 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from search import tracking
-    from search.reconcile import one_line_errors, with_parent_run
-    from search.records import read_record
-    from search.summary import finish_search
+    from search.record import tracking
+    from search.record.reconcile import one_line_errors, with_parent_run
+    from search.record.records import read_record
+    from search.run.summary import finish_search
 
     with one_line_errors(args.search_dir):
         record = read_record(args.search_dir)
@@ -206,9 +231,9 @@ def _run_pareto(args: argparse.Namespace) -> int:
     import json
 
     from precrop.textui import format_table
-    from search import tracking
-    from search.config import default_tracking_uri
-    from search.pareto import front_rows, pareto_front, search_trials
+    from search.record import tracking
+    from search.results.pareto import front_rows, pareto_front, search_trials
+    from search.spec.locations import default_tracking_uri
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri, create=False)
@@ -225,10 +250,10 @@ def _run_pareto(args: argparse.Namespace) -> int:
 
 def _run_export(args: argparse.Namespace) -> int:
     """`precrop export RUN`: a run's deployable model to ONNX, pt2 or TorchScript, optionally registered."""
-    from search import tracking
-    from search.config import default_tracking_uri
-    from search.export import export_run, missing_preprocess_note
-    from search.models import check_registrable, parse_run_ref, register
+    from search.record import tracking
+    from search.record.models import check_registrable, parse_run_ref, register
+    from search.results.export import export_run, missing_preprocess_note
+    from search.spec.locations import default_tracking_uri
 
     run_id = parse_run_ref(args.run_id)
     if args.register:
@@ -254,13 +279,15 @@ def _run_doctor(args: argparse.Namespace) -> int:
     import json
     import socket
 
-    from search import doctor, ray_compat, ray_processes, tracking
-    from search.config import ExperimentConfig, default_tracking_uri, storage_path_of
+    from search.infra import processes, ray_private
+    from search.record import doctor, tracking
+    from search.spec.config import ExperimentConfig
+    from search.spec.locations import default_tracking_uri, storage_path_of
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri, create=False)
     storage = args.storage_path or storage_path_of(ExperimentConfig())
-    report = doctor.examine(client, uri, storage, ray_processes.list_processes(), ray_compat.ray_start_address(),
+    report = doctor.examine(client, uri, storage, processes.list_processes(), ray_private.ray_start_address(),
                             socket.gethostname(), doctor.now())  # fmt: skip
     if args.end_run:
         print("\n".join(doctor.end_stale_runs(client, report.runs, args.end_run)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from search.cli import main
-from search.tracking import redact_uri
+from search.record.tracking import redact_uri
 from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_every_torch_load_is_weights_only() -> None:
     "unsafe", ["pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "torch.jit.load"]
 )
 def test_no_unrestricted_deserializers(unsafe: str) -> None:
-    allowed = {"torch.jit.load": {"search/export.py"}}  # reads back the TorchScript file it just wrote
+    allowed = {"torch.jit.load": {"search/results/export.py"}}  # reads back the TorchScript file it just wrote
     for path, call in _calls(unsafe):
         assert str(path.relative_to(ROOT)) in allowed.get(unsafe, set()), f"{unsafe} in {path}:{call.lineno}"
 
@@ -132,14 +132,14 @@ def test_the_mlflow_server_script_refuses_every_interface(tmp_path: Path) -> Non
 
 def test_the_deserializer_scan_finds_what_it_looks_for() -> None:
     """The scan above is not vacuous: it sees the one allowed torch.jit.load."""
-    assert [str(p.relative_to(ROOT)) for p, _ in _calls("torch.jit.load")] == ["search/export.py"]
+    assert [str(p.relative_to(ROOT)) for p, _ in _calls("torch.jit.load")] == ["search/results/export.py"]
 
 
 def test_configs_are_read_by_a_safe_yaml_loader() -> None:
-    """The one YAML reader (search/config_limits.py) composes with a SafeLoader: no Python objects from YAML."""
+    """The one YAML reader (search/spec/limits.py) composes with a SafeLoader: no Python objects from YAML."""
     import yaml
 
-    from search.config_limits import _BoundedLoader, load_yaml
+    from search.spec.limits import _BoundedLoader, load_yaml
 
     assert issubclass(_BoundedLoader, yaml.SafeLoader)
     assert not issubclass(_BoundedLoader, yaml.FullLoader | yaml.UnsafeLoader)

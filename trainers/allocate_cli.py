@@ -10,12 +10,13 @@ import argparse
 
 from precrop.allocate_cli import request_from_args
 from precrop.allocate_cli import run_allocate as run_precrop_allocate
-from precrop.cli import OneLineErrorParser, positive_int
 from precrop.cli import add_allocate_command as add_precrop_allocate
+from precrop.cli_args import OneLineErrorParser, positive_int
 from precrop.errors import UserError
 from precrop.methods.registry import METHODS, method
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, Batch, probe_batches
-from trainers.datasets import DataRequest, DataSet, load_dataset
+from trainers.datasets import DataRequest, DataSet
+from trainers.load import load_dataset
 
 DATA_METHODS = tuple(name for name, m in METHODS.items() if m.needs_data)
 

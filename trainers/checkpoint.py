@@ -3,7 +3,7 @@
 A saved model is always "plan JSON + state_dict": `load_model` rebuilds the architecture from the plan
 and loads the weights, so no pickled module is ever needed. Beside them, preprocess.json (`Preprocess`)
 records how the model's inputs were made from images (mean, std, class names, input shape), so the model
-can be used, and exported with its normalization (search/export.py), without the training code or data.
+can be used, and exported with its normalization (search/results/export.py), without the training code or data.
 Models saved before preprocess.json existed have none: `read_preprocess` then returns None.
 """
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from precrop.cli import OneLineErrorParser, positive_int, seed_int
+from precrop.cli_args import OneLineErrorParser, positive_int, seed_int
 from precrop.errors import UserError
 from precrop.fileio import check_writable_dir
 from precrop.nn.build import build_from_plan, layer_table
@@ -22,7 +22,8 @@ from trainers.checkpoint import (
     save_model,
     save_train_state,
 )
-from trainers.datasets import DataError, DataRequest, DataSet, load_dataset
+from trainers.datasets import DataError, DataRequest, DataSet
+from trainers.load import load_dataset
 from trainers.loop import Metrics, Trainer, TrainState, evaluate
 from trainers.recipe import SCHEDULES, TrainConfig
 

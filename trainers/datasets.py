@@ -173,26 +173,6 @@ def register_loader(name: str) -> Callable[[Loader], Loader]:
     return wrap
 
 
-def load_dataset(request: DataRequest) -> DataSet:
-    """Load the data set `request.name`, with its validation split carved from train."""
-    request.validate()
-    _import_builtin_loaders()
-    if request.name not in LOADERS:
-        raise DataError(f"unknown data set {request.name!r}; valid: {', '.join(sorted(LOADERS))}")
-    data = LOADERS[request.name](request)
-    if request.train_subset is not None and request.train_subset < len(data.train):
-        labels = split_labels(data.train)
-        _, kept = stratified_split(labels, request.train_subset / len(labels), request.seed + 1)
-        data = replace(data, train=data.train.subset(kept))
-    return data
-
-
-def dataset_names() -> list[str]:
-    """Every registered data set name, sorted."""
-    _import_builtin_loaders()
-    return sorted(LOADERS)
-
-
 def require_dir(path: str | None, what: str) -> Path:
     """`path` as an existing directory, or a DataError saying what was expected there."""
     if path is None:
@@ -201,7 +181,3 @@ def require_dir(path: str | None, what: str) -> Path:
     if not root.is_dir():
         raise DataError(f"{what}: data directory {root} does not exist")
     return root
-
-
-def _import_builtin_loaders() -> None:
-    from trainers import cifar, digits, imagefolder, synthetic  # noqa: F401  (they register themselves)

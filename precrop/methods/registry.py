@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from precrop.methods.base import MaskMethod, MaskResult, Probe, WidthMethod
-from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
+from precrop.methods.channel_rank import PfsAllocator
 from precrop.methods.density_masks import ErkPruner, RandomPruner, SynExpFilterPruner, SynExpWeightPruner
 from precrop.methods.masks import check_mask_request
+from precrop.methods.prunenet import PruneNetAllocator
 from precrop.methods.saliency import GraspPruner, SnipPruner, SynFlowPruner
 from precrop.width.allocate import (
     AllocationRequest,

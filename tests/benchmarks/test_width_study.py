@@ -9,7 +9,7 @@ import statistics
 import pytest
 import width_study
 
-from search.study_stats import paired_difference
+from search.studies.stats import paired_difference
 
 
 def record(arm: str, seed: int, acc: float, epochs: int = 4, budget: float = 0.3, status: str = "completed") -> dict:

@@ -36,7 +36,7 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
-# an experiment state as Tune writes it, holding no trial: enough for search.records.tune_state_saved
+# an experiment state as Tune writes it, holding no trial: enough for search.record.records.tune_state_saved
 EMPTY_TUNE_STATE = '{"trial_data": [], "runner_data": {}, "stats": {}}'
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from precrop.methods.base import Probe
-from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
+from precrop.methods.channel_rank import PfsAllocator
+from precrop.methods.prunenet import PruneNetAllocator
 from precrop.methods.registry import METHODS, realize
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import AllocationRequest, dense_plan
 from precrop.width.plan import WidthPlan
 from search.cli import main
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
-from trainers.datasets import DataRequest, load_dataset
+from trainers.datasets import DataRequest
+from trainers.load import load_dataset
 
 DATA_DRIVEN = tuple(name for name, m in METHODS.items() if m.needs_data)
 DIGITS = ["--dataset", "digits", "--macs", "0.5"]

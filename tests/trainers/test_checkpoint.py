@@ -23,7 +23,8 @@ from trainers.checkpoint import (
     read_preprocess,
     save_model,
 )
-from trainers.datasets import DataRequest, DataSet, FileSplit, load_dataset
+from trainers.datasets import DataRequest, DataSet, FileSplit
+from trainers.load import load_dataset
 from trainers.loop import Trainer
 from trainers.recipe import TrainConfig
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.datasets import DataRequest, TensorSplit, load_dataset
+from trainers.datasets import DataRequest, TensorSplit
+from trainers.load import load_dataset
 
 ARCHIVE = Path(os.environ.get("PRECROP_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 ARCHIVE = ARCHIVE / "cifar10-jpg.tar.gz"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.datasets import DataRequest, load_dataset
+from trainers.datasets import DataRequest
+from trainers.load import load_dataset
 from trainers.loop import train
 from trainers.measure import measure_model
 from trainers.recipe import TrainConfig

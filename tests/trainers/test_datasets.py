@@ -11,7 +11,8 @@ import torch
 from torchvision.io import encode_jpeg, write_png
 
 from trainers.batches import FileBatches, ResidentBatches
-from trainers.datasets import DataError, DataRequest, FileSplit, TensorSplit, load_dataset, stratified_split
+from trainers.datasets import DataError, DataRequest, FileSplit, TensorSplit, stratified_split
+from trainers.load import load_dataset
 
 
 def _cifar_images(n: int, seed: int) -> np.ndarray:

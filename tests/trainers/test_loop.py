@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from precrop.nn.zoo import REGISTRY, build_model
-from trainers.datasets import DataRequest, DataSet, load_dataset
+from trainers.datasets import DataRequest, DataSet
+from trainers.load import load_dataset
 from trainers.loop import Trainer, evaluate, train
 from trainers.recipe import RecipeError, TrainConfig, make_optimizer, make_scheduler, parameter_groups
 

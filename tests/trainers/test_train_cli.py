@@ -13,7 +13,8 @@ import torch
 from precrop.nn.counting import count_cost
 from search.cli import main
 from trainers.checkpoint import load_model
-from trainers.datasets import DataRequest, load_dataset
+from trainers.datasets import DataRequest
+from trainers.load import load_dataset
 from trainers.loop import Trainer, evaluate
 from trainers.recipe import TrainConfig
 

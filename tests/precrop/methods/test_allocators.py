@@ -8,7 +8,8 @@ from functools import partial
 
 import pytest
 
-from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
+from precrop.methods.channel_rank import PfsAllocator
+from precrop.methods.prunenet import PruneNetAllocator
 from precrop.methods.registry import METHODS, WIDTH_METHODS, realize
 from precrop.nn.build import build_from_plan
 from precrop.nn.counting import count_cost

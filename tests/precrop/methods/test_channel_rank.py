@@ -14,17 +14,15 @@ import torch.nn.functional as F
 from precrop.methods.base import Probe
 from precrop.methods.channel_rank import (
     PfsAllocator,
-    PruneNetAllocator,
-    channel_unit_costs,
     fit_ranking,
     keep_ratio,
     rank_channels,
     score_sites,
     shrink_bounds,
-    taylor_importance,
     widths_at,
     widths_from_ranking,
 )
+from precrop.methods.prunenet import PruneNetAllocator, channel_unit_costs, taylor_importance
 from precrop.nn.build import build_from_plan, layer_table
 from precrop.width.allocate import AllocationRequest, BudgetError, dense_plan
 from precrop.width.costmodel import LayerTable

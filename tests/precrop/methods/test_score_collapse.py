@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from precrop.errors import UserError
-from precrop.methods.channel_rank import PfsAllocator, PruneNetAllocator
+from precrop.methods.channel_rank import PfsAllocator
 from precrop.methods.masks import ScoreCollapse, check_scores
+from precrop.methods.prunenet import PruneNetAllocator
 from precrop.methods.saliency import UnitMeanGate, linearize
 from precrop.width.allocate import AllocationRequest
 from tests.precrop.conftest import cached_table, make_probe

@@ -1,0 +1,1 @@
+"""The machine under a search: Ray's private APIs (one small function each), Ray's processes, storage paths."""

@@ -1,0 +1,169 @@
+"""The only module that touches private Ray and Tune APIs (and Optuna's, for the study Tune's searcher holds):
+each use is one small function here.
+
+Written against Ray 2.60 (`ray[tune]`) and Optuna 5.0; tests/search/infra/test_ray_private.py fails, naming the
+attribute, when an installed Ray no longer has one of them. Each function says why no public API serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+    from ray.tune.search.optuna import OptunaSearch
+
+RAY_VERSION_WRITTEN_AGAINST = "2.60"
+
+
+def ray_start_address() -> str | None:
+    """The GCS address of the cluster `ray start` began on this machine, or None.
+
+    `ray._private.utils.read_ray_address` (Ray 2.60) reads the file `ray start` writes into Ray's temp
+    folder; `ray.init(address="auto")` reads it too, but then joins the cluster (and hangs on a stale
+    address) instead of telling the caller where it is. No public API returns it.
+    """
+    import ray._private.utils as ray_utils  # looked up at call time: tests replace the function
+
+    found: str | None = ray_utils.read_ray_address()
+    return found or None
+
+
+def experiment_state_saved(path: str) -> bool:
+    """Whether Tune saved a readable experiment state (its trials, searcher and callbacks) in the experiment
+    folder `path` (local or a URI), as `TuneController.resume` looks for one: Ray 2.60's
+    `_find_newest_experiment_checkpoint`. `Tuner.can_restore` answers for tuner.pkl only.
+
+    Readable matters: Tune 2.60 writes the state with a plain `open("w")` into a staging folder and then
+    copies it to storage, so a driver killed during that copy leaves a truncated file (seen: 0 bytes) that
+    Tune would restore as an experiment without trials.
+    """
+    import json
+
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    from search.infra.storage import storage_filesystem
+
+    newest = _find_newest_experiment_checkpoint(path)
+    if newest is None:
+        return False
+    try:
+        fs, inner = storage_filesystem(newest)
+        with fs.open_input_stream(inner) as stream:
+            state = json.loads(stream.readall().decode())
+        return isinstance(state, dict) and isinstance(state.get("trial_data"), list)
+    except (OSError, ValueError):
+        return False
+
+
+def optuna_study(searcher: OptunaSearch) -> optuna.Study:
+    """The Optuna study behind Ray's `OptunaSearch` (its private `_ot_study`, Ray 2.60).
+
+    A searcher that tells Optuna more than Ray does (a constraint, a FAIL state) must call
+    `study.tell` itself; `OptunaSearch` offers no accessor for its study.
+    """
+    study: optuna.Study | None = searcher._ot_study
+    assert study is not None, "OptunaSearch has no study yet: it is created when the search space is set"
+    return study
+
+
+def untold_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial | None:
+    """The Optuna trial `searcher` asked for Tune trial `trial_id`, unless Optuna was already told how it
+    ended (or it was never asked): None then. Reads `_ot_trials` and `_completed_trials` (Ray 2.60),
+    the bookkeeping `OptunaSearch.on_trial_complete` keeps and exposes no other way."""
+    if trial_id in searcher._completed_trials or trial_id not in searcher._ot_trials:
+        return None
+    trial: optuna.Trial = searcher._ot_trials[trial_id]
+    return trial
+
+
+def optuna_trials(searcher: OptunaSearch) -> Mapping[str, optuna.Trial]:
+    """Tune trial id -> the Optuna trial `searcher` asked for it, told or not (`_ot_trials`, Ray 2.60): a
+    read-only view of the bookkeeping `OptunaSearch` keeps and exposes no other way."""
+    return MappingProxyType(searcher._ot_trials)
+
+
+def mark_told(searcher: OptunaSearch, trial_id: str) -> None:
+    """Record that Optuna was told how `trial_id` ended, as `OptunaSearch.on_trial_complete` does
+    (`_completed_trials`, Ray 2.60), so a second completion of the trial is ignored."""
+    searcher._completed_trials.add(trial_id)
+
+
+def latest_checkpoint_result(trial: Trial) -> _TrainingResult | None:
+    """The (checkpoint, metrics) Tune would restore `trial` from: its checkpoint manager's latest result.
+
+    Reads `trial.run_metadata.checkpoint_manager` (Ray 2.60). `Trial.latest_checkpoint_result` also
+    answers with the checkpoint of `tune.run(restore=...)`, which is not the trial's own bookkeeping.
+    """
+    manager = trial.run_metadata.checkpoint_manager
+    return None if manager is None else manager.latest_checkpoint_result
+
+
+def checkpoint_results(trial: Trial) -> list[_TrainingResult]:
+    """Every checkpoint result Tune keeps for `trial` (the manager's `_checkpoint_results`, Ray 2.60)."""
+    return list(_manager(trial)._checkpoint_results)
+
+
+def set_checkpoint_results(trial: Trial, results: list[_TrainingResult], latest: _TrainingResult | None) -> None:
+    """Make Tune keep `results` for `trial` and restore it from `latest` (None: from no checkpoint, so
+    the trial starts over), and make the next experiment state save that.
+
+    Sets the manager's `_checkpoint_results` and `_latest_checkpoint_result` and drops the trial's cached
+    JSON state (Ray 2.60). Tune has no API to point a trial at another checkpoint: a checkpoint it
+    already deleted (search/record/checkpoints.py) would otherwise fail every retry of the trial.
+    """
+    manager = _manager(trial)
+    manager._checkpoint_results = list(results)
+    manager._latest_checkpoint_result = latest
+    _invalidate(trial)
+
+
+def checkpoint_result(like: _TrainingResult, checkpoint: Checkpoint, metrics: dict[str, object]) -> _TrainingResult:
+    """A copy of the checkpoint result `like` for another checkpoint and metrics (`_TrainingResult` is
+    private to Ray Train, Ray 2.60; copying keeps whatever else it carries)."""
+    import copy
+
+    result = copy.copy(like)
+    result.checkpoint = checkpoint
+    result.metrics = metrics
+    return result
+
+
+def raise_checkpoint_index(trial: Trial, index: int) -> None:
+    """Make the trial's next checkpoint be written after `checkpoint_<index>`, never over it.
+
+    Sets `trial.storage.current_checkpoint_index` (Ray Train's private StorageContext, Ray 2.60), the
+    counter that names the next `checkpoint_N`; Tune sets it only from its own saved state.
+    """
+    storage = trial.storage
+    assert storage is not None, f"trial {trial.trial_id} has no storage context"
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
+    _invalidate(trial)
+
+
+def _manager(trial: Trial) -> _CheckpointManager:
+    """The trial's checkpoint manager (Tune creates it with the trial)."""
+    manager = trial.run_metadata.checkpoint_manager
+    assert manager is not None, f"trial {trial.trial_id} has no checkpoint manager"
+    return manager
+
+
+def _invalidate(trial: Trial) -> None:
+    """Tune caches a trial's saved form: the next experiment state must hold the changed bookkeeping."""
+    trial.invalidate_json_state()
+    trial.run_metadata.invalidate_cache()
+
+
+def requeue_optuna_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Put a RUNNING trial of `study` back in its queue (WAITING): the next `study.ask` hands it out again with
+    the parameters it has. Optuna has no public call for this; its storages allow RUNNING -> WAITING (only a
+    finished state is final), through the private `Study._storage` and `FrozenTrial._trial_id` (Optuna 5.0)."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)

@@ -1,0 +1,255 @@
+"""One Ray Tune trial: allocate widths, build the cropped model, train it, log it to its MLflow child run.
+
+Reports go through `ray.tune.report` once per epoch, each with a checkpoint (the loop's resume state and
+the trial's MLflow run id) and every objective, so the searcher and ASHA always see complete results.
+A retried or resumed trial finds its run id in the checkpoint (or, if it died before the first one, by
+its trial-id tag) and continues that run instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from precrop.methods.base import Probe
+from precrop.methods.masks import apply_masks
+from precrop.methods.plan_report import render_plan
+from precrop.methods.registry import method, realize
+from precrop.nn.build import build_from_plan, layer_table
+from precrop.width.allocate import dense_plan
+from precrop.width.costmodel import LayerTable
+from precrop.width.plan import WidthPlan
+from search.record import tracking
+from search.record.checkpoints import Resume, read_checkpoint, write_checkpoint_dir
+from search.record.run_logger import RunLogger, log_final, log_setup, setup_metrics, setup_params
+from search.run.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models
+from search.spec.config import ExperimentConfig
+from search.spec.schema import Metric, Outcome, ResultKey, Tag
+from search.spec.space import TrialPoint, data_request
+from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
+from trainers.checkpoint import Preprocess
+from trainers.datasets import DataRequest, DataSet
+from trainers.load import load_dataset
+from trainers.loop import Metrics, Trainer, TrainState
+from trainers.memory import peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs besides its sampled point (passed with `tune.with_parameters`)."""
+
+    config: ExperimentConfig
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    cpus: float
+
+
+@functools.lru_cache(maxsize=2)
+def cached_dataset(request: DataRequest) -> DataSet:
+    """The data set `request` names, loaded once per worker process: Tune reuses a trial's actor (and its
+    process) for the next trial, so only the first trial of each slot pays for loading."""
+    return load_dataset(request)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_layer_table(arch: str, num_classes: int, input_size: int) -> LayerTable:
+    """The dense architecture's layer table (a trace of the model), once per worker process."""
+    return layer_table(arch, num_classes, input_size)
+
+
+def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
+    """The Tune function trainable."""
+    # Tune runs the next trial in this same process: what the last one freed goes back to the OS first
+    # (trainers/memory.py says why a reused process otherwise grows by gigabytes)
+    release_freed_memory()
+    reset_peak_rss()
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    tracking.bound_http_retries()
+    context = tune.get_context()
+    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+    resume = read_checkpoint(tune.get_checkpoint())
+    log = RunLogger(tracking.lazy_client(setup.tracking_uri))
+    known = resume.run_id if resume else None
+    fresh = log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, known)
+    trial = _Trial(setup, TrialPoint.from_config(sampled), log)
+    try:
+        trial.run(resume, fresh)
+    except SystemExit:  # Tune stops a trial (ASHA) by raising SystemExit inside tune.report
+        if not trial.ended:
+            log.call("ending the run", tracking.end_run, Outcome.STOPPED, "stopped early by ASHA")
+        raise
+    except BaseException as exc:
+        if not trial.ended:
+            log.call("ending the run", tracking.end_run, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+class _Trial:
+    """The steps of one trial, sharing its run logger, data and plan."""
+
+    def __init__(self, setup: TrialSetup, point: TrialPoint, log: RunLogger) -> None:
+        self.setup = setup
+        self.config: ExperimentConfig = setup.config
+        self.point = point
+        self.log = log
+        self.ended = False
+        # where the trial's time goes (logged at the end; benchmarks/tune_overhead.py reads it)
+        self.started = time.perf_counter()
+        self.training_started = 0.0
+        self.reporting_seconds = 0.0
+        self.last_checkpoint = -float("inf")
+        self.rss_start_mb = rss_mb()
+
+    def run(self, resume: Resume | None, fresh: bool) -> None:
+        """Load the data, allocate, train (from `resume` when given) and report every epoch to Tune and MLflow."""
+        data = self._load_data()
+        table, plan, model = self._allocate(data)
+        latency = resume.latency_ms if resume else self._latency(model, plan)
+        costs: dict[str, float] = {Metric.MACS: float(plan.effective.macs), Metric.PARAMS: float(plan.effective.params),
+                 Metric.LATENCY_MS: latency}  # fmt: skip
+        if fresh:
+            self._log_setup(plan, render_plan(plan, table), costs)
+        workers = max(0, int(self.setup.cpus) - 1)
+        trainer = Trainer(model, data, self.point.train_config(self.config.space, self.seed, workers))
+        if resume is not None:
+            trainer.load_state(resume.state)
+        self._tag_placement(str(trainer.device))
+        epochs = trainer.config.epochs
+        # a retry resumes from its last checkpoint, which may be epochs behind what the run has logged:
+        # MLflow appends a second value at a logged step, so epochs already in the run are not logged again
+        earlier = None if fresh else self.log.call("reading logged epochs", tracking.logged_steps, Metric.VAL_ACC)
+        logged = earlier or set()
+
+        def report(metrics: Metrics, state: TrainState) -> None:
+            entered = time.perf_counter()
+            if int(metrics[Metric.EPOCH]) not in logged:
+                self.log.call("logging metrics", tracking.log_metrics, metrics, step=int(metrics[Metric.EPOCH]))
+            last = int(metrics[Metric.EPOCH]) == epochs
+            if last:
+                self._finish(plan, trainer, metrics)
+            result = {**metrics, ResultKey.ACCURACY: metrics[Metric.VAL_ACC], **costs, ResultKey.COMPLETE: int(last),
+                      **self._lost()}  # fmt: skip
+            self.reporting_seconds += time.perf_counter() - entered
+            due = time.perf_counter() - self.last_checkpoint >= self.config.ray.checkpoint_every_s
+            self._report(result, state if (last or due) else None, plan, latency)
+
+        self.training_started = time.perf_counter()
+        outcome = trainer.run(report)
+        if outcome.status == Outcome.DIVERGED:  # the trainer's own status, named alike
+            self.log.call("ending the run", tracking.end_run, Outcome.DIVERGED, outcome.reason)
+            self.ended = True
+            final = outcome.final
+            tune.report(_plain({**final, ResultKey.ACCURACY: final.get(Metric.VAL_ACC, 0.0), **costs,
+                                ResultKey.COMPLETE: 0, ResultKey.DIVERGED: 1, **self._lost()}))  # fmt: skip
+        elif not self.ended:  # resumed after the last epoch's checkpoint: nothing left to train
+            self._finish(plan, trainer, trainer.history[-1])
+            last = trainer.history[-1]
+            self._report({**last, ResultKey.ACCURACY: last[Metric.VAL_ACC], **costs, ResultKey.COMPLETE: 1,
+                          **self._lost()}, trainer.state(), plan, latency)  # fmt: skip
+
+    def _lost(self) -> dict[str, int]:
+        """The flag a result carries once this attempt lost MLflow (the driver reports it and re-logs)."""
+        return {ResultKey.TRACKING_LOST: 1} if self.log.lost else {}
+
+    def _tag_placement(self, device: str) -> None:
+        """Where this attempt runs (Ray node, host, device, process); a retry overwrites it and counts up."""
+        run = self.log.call("reading the run", tracking.get_run)
+        attempts = int(run.data.tags.get(Tag.ATTEMPTS, "0")) + 1 if run is not None else 1
+        tags = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
+                Tag.DEVICE: device, Tag.ATTEMPTS: str(attempts), Tag.WORKER_PID: str(os.getpid())}  # fmt: skip
+        self.log.call("tagging the run", tracking.set_tags, tags)
+
+    def _load_data(self) -> DataSet:
+        return cached_dataset(data_request(self.config, "train"))
+
+    @property
+    def seed(self) -> int:
+        """The point's own seed (studies repeat a point over seeds), else the search's."""
+        return self.point.seed if self.point.seed is not None else self.config.search.seed
+
+    def _allocate(self, data: DataSet) -> tuple[LayerTable, WidthPlan, torch.nn.Module]:
+        """The plan and the model to train: built at the plan's widths, or the dense one with its masks.
+
+        Mask methods score the very model that is trained (its seeded initialization), so a retried
+        trial recomputes the same masks before its checkpoint is loaded.
+        """
+        table = cached_layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
+        spec = method(self.point.allocator)
+        request = self.point.allocation_request(self.config.space)
+        if not spec.needs_model:
+            plan = realize(spec.name, table, request, None).plan
+            return table, plan, build_from_plan(plan, seed=self.seed)
+        dense = build_from_plan(dense_plan(table), seed=self.seed)
+        batches = probe_batches(data, PROBE_BATCHES, PROBE_BATCH_SIZE, self.seed) if spec.needs_data else ()
+        result = realize(spec.name, table, request, Probe(dense, batches, self.seed))
+        if not spec.masks:
+            return table, result.plan, build_from_plan(result.plan, seed=self.seed)
+        apply_masks(dense, result.masks)
+        return table, result.plan, dense
+
+    def _latency(self, model: torch.nn.Module, plan: WidthPlan) -> float:
+        """CPU latency (ms) at the configured batch size, timed once per plan per search (search/run/latency.py:
+        a plan some trial of this search timed is not timed again); the weights do not matter for it."""
+        batch = self.config.objectives.latency_batch
+        fingerprint = plan_fingerprint(plan, batch)
+        return cached_latency(self.setup.parent_run_id, fingerprint,
+                              lambda: time_models([model], [plan.input_shape], batch, IN_SEARCH_ROUNDS)[0])  # fmt: skip
+
+    def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
+        """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""
+        metrics = setup_metrics(plan, costs)
+        if self.rss_start_mb is not None:
+            metrics[Metric.WORKER_RSS_START_MB] = self.rss_start_mb
+        log_setup(self.log, setup_params(self.config, self.point, plan, self.seed), metrics, plan, widths_table)
+
+    def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
+        """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""
+        now = time.perf_counter()
+        timings: dict[str, float] = {
+            Metric.TIME_SETUP_S: self.training_started - self.started,
+            Metric.TIME_REPORTING_S: self.reporting_seconds,
+            Metric.TIME_TRAINING_S: now - self.training_started - self.reporting_seconds,
+        }
+        if (peak := peak_rss_mb()) is not None:
+            timings[Metric.WORKER_RSS_PEAK_MB] = peak
+        log_final(self.log, plan, trainer.model.state_dict(), {Metric.FINAL_VAL_ACC: last[Metric.VAL_ACC], **timings},
+                  int(last[Metric.EPOCH]), Preprocess.from_dataset(trainer.data))  # fmt: skip
+        self.ended = True
+
+    def _report(self, result: dict[str, Any], state: TrainState | None, plan: WidthPlan, latency: float) -> None:
+        """tune.report, with a checkpoint (the loop state and this trial's run id) when `state` is given.
+
+        Checkpoints are written at most every `ray.checkpoint_every_s` seconds (and at the last epoch):
+        one per epoch of a short epoch costs more than the training it protects.
+        """
+        entered = time.perf_counter()
+        result = _plain(result)
+        if state is None:
+            tune.report(result)
+            self.reporting_seconds += time.perf_counter() - entered
+            return
+        self.last_checkpoint = entered
+        folder = Path(tempfile.mkdtemp(prefix="precrop-ckpt-"))
+        try:
+            write_checkpoint_dir(folder, state, plan, self.log.run_id, latency)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.reporting_seconds += time.perf_counter() - entered
+
+
+def _plain(result: dict[str, Any]) -> dict[str, Any]:
+    """A result with plain-string keys (schema names are StrEnum members) for Tune and its result files."""
+    return {str(key): value for key, value in result.items()}
