@@ -61,6 +61,23 @@ def test_every_named_file_exists() -> None:
     assert not missing, sorted(missing)
 
 
+MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def broken_links(where: str, text: str) -> list[tuple[str, str]]:
+    """(file, target) of each relative Markdown link in `text` whose target does not exist beside `where`."""
+    folder = (ROOT / where).parent
+    return [(where, target) for target in MARKDOWN_LINK.findall(text)
+            if "://" not in target and not (folder / target).exists()]  # fmt: skip
+
+
+def test_every_relative_link_resolves() -> None:
+    """README.md and docs/ link to each other by relative paths; a moved page breaks them."""
+    pages = [(where, text) for where, text in tracked_texts() if where.endswith(".md")]
+    assert [link for where, text in pages for link in broken_links(where, text)] == []
+    assert broken_links("docs/x.md", "see [a](gone.md) and [b](width.md#the-three-steps)") == [("docs/x.md", "gone.md")]
+
+
 def test_every_named_module_and_attribute_exists() -> None:
     known = {p: module_names(p) for p in PACKAGES}
     stale = {

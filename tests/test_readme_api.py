@@ -12,10 +12,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def api_example() -> str:
-    """The python code block of the README's "Python API" section."""
-    section = README.read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    """The python code block of the README's "Crop a model from Python" section."""
+    section = README.read_text().split("\n## Crop a model from Python\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README's Python API section has no python code block"
+    assert match, "the README's 'Crop a model from Python' section has no python code block"
     return match.group(1)
 
 

@@ -1,5 +1,5 @@
 """The SynExp density program (our reconstruction of PreCrop's objective;
-the README's "Width allocation" section puts it in context).
+docs/width.md puts it in context).
 
     maximize  sum_l log d_l
     s.t.      sum_l P_l d_l <= B_P,   sum_l F_l d_l <= B_F   (either or both)
