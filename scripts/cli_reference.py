@@ -2,7 +2,7 @@
 
 The reference is built from the parser's actions, not from argparse's help text, so it reads the same on
 every Python version: one section per command with its description and a table of its arguments.
-`tests/test_docs_cli.py` runs `--check`, so the page cannot drift from the code.
+`tests/test_docs_reference.py` runs `--check`, so the page cannot drift from the code.
 """
 
 from __future__ import annotations
