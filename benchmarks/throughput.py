@@ -28,7 +28,8 @@ from trainers.cifar import CIFAR_MEAN, CIFAR_STD
 from trainers.datasets import Augmentation, DataSet, FileSplit
 from trainers.imagefolder import decode_all, list_samples
 from trainers.loop import Trainer
-from trainers.recipe import TrainConfig, resolve_device
+from trainers.optim import resolve_device
+from trainers.recipe import TrainConfig
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 

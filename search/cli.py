@@ -22,7 +22,7 @@ from precrop.errors import UserError
 from precrop.proxy_cli import add_synexp_command
 from search.spec.schema import COST_METRICS
 from trainers.allocate_cli import add_allocate_command
-from trainers.cli import add_train_command
+from trainers.train_args import add_train_command
 
 if TYPE_CHECKING:
     from search.spec.config import ExperimentConfig

@@ -119,3 +119,29 @@ def test_a_saved_plan_builds_and_masks_without_solver_or_search_stack(tmp_path: 
     built, counted = out.stdout.split()[:2]
     assert int(built) == int(counted)  # the model has exactly the plan's parameters (BN included)
     assert "masked 0.5" in out.stdout
+
+
+HEAVY = ("torch", "torchvision", "cvxpy", "scipy", "ray", "mlflow", "optuna")
+PARSE = """
+import sys
+from search.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    print("exit", exc.code, *sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--help"], 0), (["allocate", "--help"], 0), (["train", "--help"], 0), (["search", "--help"], 0),
+        (["allocate", "cifar_resnet20", "--macs", "half"], 2), (["train", "--arch", "x", "--epochs", "0"], 2),
+        (["study", "speed", "c.yaml"], 2), (["bogus"], 2),
+    ],
+)
+def test_help_and_argument_errors_import_no_torch_solver_ray_or_mlflow(argv: list[str], code: int) -> None:
+    """`precrop --help` and a mistyped argument answer at once: the parser imports none of the heavy stacks."""
+    out = subprocess.run([sys.executable, "-c", PARSE.format(heavy=HEAVY), *argv], cwd=ROOT, capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.stderr.strip().splitlines()[-1] == f"exit {code}", out.stderr

@@ -7,16 +7,16 @@ score the same probe batches a search trial gives them (`probe_batches` with the
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from precrop.allocate_cli import request_from_args
-from precrop.allocate_cli import run_allocate as run_precrop_allocate
 from precrop.cli import add_allocate_command as add_precrop_allocate
 from precrop.cli_args import OneLineErrorParser, positive_int
 from precrop.errors import UserError
 from precrop.methods.registry import METHODS, method
-from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, Batch, probe_batches
-from trainers.datasets import DataRequest, DataSet
-from trainers.load import load_dataset
+
+if TYPE_CHECKING:  # the parser (add_allocate_command) must not import torch; the command imports it
+    from trainers.batches import Batch
+    from trainers.datasets import DataSet
 
 DATA_METHODS = tuple(name for name, m in METHODS.items() if m.needs_data)
 
@@ -35,10 +35,16 @@ def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser
 
 def run_allocate(args: argparse.Namespace) -> int:
     """The `precrop allocate` command: load --dataset when given, then allocate as precrop does."""
+    from precrop.allocate_cli import request_from_args
+    from precrop.allocate_cli import run_allocate as run_precrop_allocate
+
     if args.dataset is None:
         if method(args.allocator).needs_data:
             raise UserError(f"{args.allocator} scores the model on training batches: give --dataset D (e.g. digits)")
         return run_precrop_allocate(args)
+    from trainers.datasets import DataRequest
+    from trainers.load import load_dataset
+
     request_from_args(args)  # a bad budget fails before any data is read
     data = load_dataset(
         DataRequest(
@@ -63,4 +69,6 @@ def data_shape(args: argparse.Namespace, data: DataSet) -> dict[str, int]:
 
 def probe(data: DataSet, seed: int) -> tuple[Batch, ...]:
     """The training batches a search trial with this seed gives data-driven methods."""
+    from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
+
     return probe_batches(data, PROBE_BATCHES, PROBE_BATCH_SIZE, seed)

@@ -20,7 +20,8 @@ from torch import nn
 
 from trainers.batches import BatchSource, make_batches
 from trainers.datasets import DataSet, Split
-from trainers.recipe import RecipeError, TrainConfig, make_optimizer, make_scheduler, resolve_device
+from trainers.optim import make_optimizer, make_scheduler, resolve_device
+from trainers.recipe import RecipeError, TrainConfig
 
 Metrics = dict[str, float]
 TrainState = dict[str, Any]

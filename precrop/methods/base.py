@@ -11,16 +11,17 @@ Two shapes of method, as Protocols the registry (registry.py) types its factorie
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Protocol
 
 from precrop.width.allocate import AllocationRequest
 from precrop.width.costmodel import LayerTable
 from precrop.width.plan import WidthPlan
 
-Masks = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # the registry reads these types in every command's parser, which must not import torch
+    import torch
+    from torch import nn
+
+Masks = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)

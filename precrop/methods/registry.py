@@ -10,16 +10,12 @@ this table.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from precrop.methods.base import MaskMethod, MaskResult, Probe, WidthMethod
-from precrop.methods.channel_rank import PfsAllocator
-from precrop.methods.density_masks import ErkPruner, RandomPruner, SynExpFilterPruner, SynExpWeightPruner
-from precrop.methods.masks import check_mask_request
-from precrop.methods.prunenet import PruneNetAllocator
-from precrop.methods.saliency import GraspPruner, SnipPruner, SynFlowPruner
 from precrop.width.allocate import (
     AllocationRequest,
     BudgetError,
@@ -59,20 +55,42 @@ class MaskSpec(_Registered):
 
 Method = WidthSpec | MaskSpec
 
+
+def _lazy(module: str, name: str) -> Callable[[], Any]:
+    """A factory that imports `precrop.methods.<module>` only when a method is made.
+
+    Every command's argument parser reads this table (the --allocator choices), and a parser must answer
+    `--help` or a bad argument without importing torch: the torch methods are imported on first use.
+    """
+
+    def make() -> Any:
+        return getattr(importlib.import_module(f"precrop.methods.{module}"), name)()
+
+    return make
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         WidthSpec("synexp", False, False, "PreCrop/PreConfig: SynExp widths (convex)", SynExpAllocator),
         WidthSpec("uniform", False, False, "one width multiplier for every group", UniformAllocator),
-        WidthSpec("pfs", True, True, "Pruning from Scratch: BN gates on random weights", PfsAllocator),
-        WidthSpec("prunenet", True, True, "global Taylor channel importance (reconstruction)", PruneNetAllocator),
-        MaskSpec("synflow", True, False, "iterative SynFlow, 100 rounds, weight masks", SynFlowPruner),
-        MaskSpec("snip", True, True, "SNIP connection sensitivity, weight masks", SnipPruner),
-        MaskSpec("grasp", True, True, "GraSP gradient-signal preservation, weight masks", GraspPruner),
-        MaskSpec("random", True, False, "random weight masks, equal density per layer", RandomPruner),
-        MaskSpec("erk", True, False, "random weight masks at Erdos-Renyi-Kernel densities", ErkPruner),
-        MaskSpec("synexp_weight", True, False, "SynExp densities as random weight masks", SynExpWeightPruner),
-        MaskSpec("synexp_filter", True, False, "SynExp densities as random filter masks", SynExpFilterPruner),
+        WidthSpec("pfs", True, True, "Pruning from Scratch: BN gates on random weights",
+                  _lazy("channel_rank", "PfsAllocator")),
+        WidthSpec("prunenet", True, True, "global Taylor channel importance (reconstruction)",
+                  _lazy("prunenet", "PruneNetAllocator")),
+        MaskSpec("synflow", True, False, "iterative SynFlow, 100 rounds, weight masks",
+                 _lazy("saliency", "SynFlowPruner")),
+        MaskSpec("snip", True, True, "SNIP connection sensitivity, weight masks", _lazy("saliency", "SnipPruner")),
+        MaskSpec("grasp", True, True, "GraSP gradient-signal preservation, weight masks",
+                 _lazy("saliency", "GraspPruner")),
+        MaskSpec("random", True, False, "random weight masks, equal density per layer",
+                 _lazy("density_masks", "RandomPruner")),
+        MaskSpec("erk", True, False, "random weight masks at Erdos-Renyi-Kernel densities",
+                 _lazy("density_masks", "ErkPruner")),
+        MaskSpec("synexp_weight", True, False, "SynExp densities as random weight masks",
+                 _lazy("density_masks", "SynExpWeightPruner")),
+        MaskSpec("synexp_filter", True, False, "SynExp densities as random filter masks",
+                 _lazy("density_masks", "SynExpFilterPruner")),
     )
 }
 WIDTH_METHODS = tuple(name for name, m in METHODS.items() if not m.masks)
@@ -116,6 +134,8 @@ def check_feasible(name: str, table: LayerTable, request: AllocationRequest) -> 
     """
     spec = method(name)
     if isinstance(spec, MaskSpec):
+        from precrop.methods.masks import check_mask_request
+
         check_mask_request(table, request)
     elif spec.needs_model:
         request.validate()

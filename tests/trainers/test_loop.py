@@ -12,7 +12,8 @@ from precrop.nn.zoo import REGISTRY, build_model
 from trainers.datasets import DataRequest, DataSet
 from trainers.load import load_dataset
 from trainers.loop import Trainer, evaluate, train
-from trainers.recipe import RecipeError, TrainConfig, make_optimizer, make_scheduler, parameter_groups
+from trainers.optim import make_optimizer, make_scheduler, parameter_groups
+from trainers.recipe import RecipeError, TrainConfig
 
 TIMING_KEYS = ("epoch_seconds", "images_per_s")
 
