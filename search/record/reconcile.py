@@ -27,7 +27,7 @@ from search.record.records import SearchRecord, tune_analysis, write_record
 from search.record.run_logger import RunLogger, epoch_metrics, log_final, log_setup, setup_metrics, setup_params
 from search.spec.config import ExperimentConfig
 from search.spec.schema import ACTIVE_STATUSES, Artifact, Metric, Outcome, Param, ResultKey, Tag
-from search.spec.space import TrialPoint, data_request
+from search.spec.space import TrialSpec, data_request
 from trainers.checkpoint import Preprocess
 from trainers.datasets import DataRequest
 from trainers.load import load_dataset
@@ -131,14 +131,13 @@ def _reconcile_trial(
     plan = saved.plan if saved else None
     log = RunLogger(client, strict=True)
     run = _find_or_create_run(log, record, trial, saved.run_id if saved else None, done)
-    point = TrialPoint.from_config(trial.config)
     last = rows[-1] if rows else {}
     if Param.ALLOCATOR not in run.data.params and plan is not None:
-        seed = point.seed if point.seed is not None else config.search.seed
         costs: dict[str, float] = {
             k: float(last[k]) for k in (Metric.MACS, Metric.PARAMS, Metric.LATENCY_MS) if _number(last.get(k))
         }
-        log_setup(log, setup_params(config, point, plan, seed), setup_metrics(plan, costs), plan, _widths_table(plan))
+        spec = TrialSpec.resolve(config, trial.config)
+        log_setup(log, setup_params(config, spec, plan), setup_metrics(plan, costs), plan, _widths_table(plan))
     # a diverged trial's last report repeats its last finished epoch (or holds no epoch at all)
     epochs = [epoch_metrics(r) for r in rows if r.get(ResultKey.DIVERGED) != 1 and _number(r.get(ResultKey.EPOCH))]
     done.metrics_logged += _log_missing_metrics(client, str(log.run_id), epochs)

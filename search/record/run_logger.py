@@ -22,7 +22,7 @@ from precrop.width.plan import WidthPlan
 from search.record import tracking
 from search.spec.config import ExperimentConfig
 from search.spec.schema import Artifact, Metric, Outcome, Param, ResultKey, Tag
-from search.spec.space import TrialPoint
+from search.spec.space import TrialSpec
 from trainers.checkpoint import PLAN_FILE, Preprocess, save_weights
 
 if TYPE_CHECKING:
@@ -79,16 +79,15 @@ class RunLogger:
             return False
 
 
-def setup_params(config: ExperimentConfig, point: TrialPoint, plan: WidthPlan, seed: int) -> dict[str, Any]:
+def setup_params(config: ExperimentConfig, spec: TrialSpec, plan: WidthPlan) -> dict[str, Any]:
     """The hyperparameters a trial's run logs once: what was allocated, how, and the training recipe."""
-    space = config.space
-    recipe = point.train_config(space, seed, 0).to_dict()
+    request, recipe = spec.request, spec.recipe.to_dict()
     return {
-        "arch": config.model.arch, "dataset": config.data.name, Param.ALLOCATOR: point.allocator,
-        Param.BUDGET: point.budget, "budget_metric": space.budget_metric, "expand": space.expand,
-        Param.VARIANT: point.variant or space.variant, Param.OBJECTIVE: space.objective, "divisor": space.divisor,
-        "min_width": space.min_width,
-        Param.SEED: seed, Param.GRANULARITY: plan.granularity,
+        "arch": config.model.arch, "dataset": config.data.name, Param.ALLOCATOR: spec.allocator,
+        Param.BUDGET: spec.point.budget, "budget_metric": config.space.budget_metric, "expand": request.expand,
+        Param.VARIANT: request.variant, Param.OBJECTIVE: request.objective, "divisor": request.divisor,
+        "min_width": request.min_width,
+        Param.SEED: spec.seed, Param.GRANULARITY: plan.granularity,
         "recipe": {k: v for k, v in recipe.items() if k not in ("device", "workers")},
     }  # fmt: skip
 

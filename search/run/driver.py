@@ -134,7 +134,7 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
     (or, for a study, every cell of its grid)."""
     from precrop.methods.registry import check_feasible
     from precrop.nn.build import layer_table
-    from search.spec.space import TrialPoint, data_request
+    from search.spec.space import allocation_request, data_request
     from trainers.load import load_dataset
 
     loaded = load_dataset(data_request(config, "shape"))
@@ -142,10 +142,8 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
     space = config.space
     cells = study.points() if study else [(a, "", b) for a in space.allocators for b in space.budget]
     for allocator, variant, budget in cells:
-        point = TrialPoint(allocator, budget, space.lr[0], space.weight_decay[0], space.label_smoothing[0], 1,
-                           variant=variant or None)  # fmt: skip
         try:
-            check_feasible(allocator, table, point.allocation_request(space))
+            check_feasible(allocator, table, allocation_request(space, budget, variant or None))
         except Exception as exc:
             key = "--budgets" if study else "space.budget"
             method = f"{allocator} ({variant} mapping)" if variant else allocator

@@ -8,6 +8,7 @@ its trial-id tag) and continues that run instead of opening a second one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -36,7 +37,7 @@ from search.record.run_logger import RunLogger, log_final, log_setup, setup_metr
 from search.run.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models
 from search.spec.config import ExperimentConfig
 from search.spec.schema import Metric, Outcome, ResultKey, Tag
-from search.spec.space import TrialPoint, data_request
+from search.spec.space import TrialSpec, data_request
 from trainers.batches import PROBE_BATCH_SIZE, PROBE_BATCHES, probe_batches
 from trainers.checkpoint import Preprocess
 from trainers.datasets import DataRequest, DataSet
@@ -83,15 +84,16 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     log = RunLogger(tracking.lazy_client(setup.tracking_uri))
     known = resume.run_id if resume else None
     fresh = log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, known)
-    trial = _Trial(setup, TrialPoint.from_config(sampled), log)
+    trial: _Trial | None = None
     try:
+        trial = _Trial(setup, TrialSpec.resolve(setup.config, sampled), log)
         trial.run(resume, fresh)
     except SystemExit:  # Tune stops a trial (ASHA) by raising SystemExit inside tune.report
-        if not trial.ended:
+        if trial is None or not trial.ended:
             log.call("ending the run", tracking.end_run, Outcome.STOPPED, "stopped early by ASHA")
         raise
     except BaseException as exc:
-        if not trial.ended:
+        if trial is None or not trial.ended:
             log.call("ending the run", tracking.end_run, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
         raise
 
@@ -99,10 +101,11 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
 class _Trial:
     """The steps of one trial, sharing its run logger, data and plan."""
 
-    def __init__(self, setup: TrialSetup, point: TrialPoint, log: RunLogger) -> None:
+    def __init__(self, setup: TrialSetup, spec: TrialSpec, log: RunLogger) -> None:
         self.setup = setup
         self.config: ExperimentConfig = setup.config
-        self.point = point
+        self.spec = spec
+        self.seed = spec.seed
         self.log = log
         self.ended = False
         # where the trial's time goes (logged at the end; benchmarks/tune_overhead.py reads it)
@@ -122,7 +125,7 @@ class _Trial:
         if fresh:
             self._log_setup(plan, render_plan(plan, table), costs)
         workers = max(0, int(self.setup.cpus) - 1)
-        trainer = Trainer(model, data, self.point.train_config(self.config.space, self.seed, workers))
+        trainer = Trainer(model, data, dataclasses.replace(self.spec.recipe, workers=workers))
         if resume is not None:
             trainer.load_state(resume.state)
         self._tag_placement(str(trainer.device))
@@ -174,11 +177,6 @@ class _Trial:
     def _load_data(self) -> DataSet:
         return cached_dataset(data_request(self.config, "train"))
 
-    @property
-    def seed(self) -> int:
-        """The point's own seed (studies repeat a point over seeds), else the search's."""
-        return self.point.seed if self.point.seed is not None else self.config.search.seed
-
     def _allocate(self, data: DataSet) -> tuple[LayerTable, WidthPlan, torch.nn.Module]:
         """The plan and the model to train: built at the plan's widths, or the dense one with its masks.
 
@@ -186,8 +184,7 @@ class _Trial:
         trial recomputes the same masks before its checkpoint is loaded.
         """
         table = cached_layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
-        spec = method(self.point.allocator)
-        request = self.point.allocation_request(self.config.space)
+        spec, request = method(self.spec.allocator), self.spec.request
         if not spec.needs_model:
             plan = realize(spec.name, table, request, None).plan
             return table, plan, build_from_plan(plan, seed=self.seed)
@@ -212,7 +209,7 @@ class _Trial:
         metrics = setup_metrics(plan, costs)
         if self.rss_start_mb is not None:
             metrics[Metric.WORKER_RSS_START_MB] = self.rss_start_mb
-        log_setup(self.log, setup_params(self.config, self.point, plan, self.seed), metrics, plan, widths_table)
+        log_setup(self.log, setup_params(self.config, self.spec, plan), metrics, plan, widths_table)
 
     def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
         """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""

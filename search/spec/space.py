@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,7 +91,7 @@ class TrialPoint:
     seed: int | None = None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TrialPoint:
+    def from_config(cls, config: Mapping[str, Any]) -> TrialPoint:
         """Read the point Tune passes to a trial."""
         return cls(
             allocator=str(config["allocator"]),
@@ -103,34 +104,65 @@ class TrialPoint:
             seed=None if config.get("seed") is None else int(config["seed"]),
         )
 
-    def allocation_request(self, space: SpaceConfig) -> AllocationRequest:
-        """The width allocation this point asks for."""
-        macs = self.budget if space.budget_metric == "macs" else None
-        params = self.budget if space.budget_metric == "params" else None
-        return AllocationRequest(
-            params=params,
-            macs=macs,
-            variant=self.variant or space.variant,
-            objective=space.objective,
-            divisor=space.divisor,
-            min_width=space.min_width,
-            expand=space.expand,
-        )
 
-    def train_config(self, space: SpaceConfig, seed: int, workers: int, device: str = "auto") -> TrainConfig:
-        """The training recipe this point asks for (`workers` DataLoader processes for file data sets)."""
-        return TrainConfig(
-            epochs=space.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            label_smoothing=self.label_smoothing,
-            schedule=space.schedule,
-            warmup_epochs=min(space.warmup_epochs, float(space.epochs)),
-            seed=seed,
-            device=device,
-            workers=workers,
-        )
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial, resolved once from its sampled point and the config: the allocation it asks for, the
+    recipe it trains with, and its seed.
+
+    The trial, the params its run logs and `precrop reconcile` all read this, so each rule (a study's seed
+    or variant overrides the config's; warm-up never longer than the schedule) is written once here, and
+    each setting is checked by the class that owns it (AllocationRequest, TrainConfig).
+    """
+
+    point: TrialPoint
+    request: AllocationRequest
+    recipe: TrainConfig  # device auto and no DataLoader workers: where it runs is the trial's to set
+    seed: int
+
+    @property
+    def allocator(self) -> str:
+        """The method that allocates this trial's widths or masks."""
+        return self.point.allocator
+
+    @classmethod
+    def resolve(cls, config: ExperimentConfig, sampled: Mapping[str, Any]) -> TrialSpec:
+        """The spec of the point Tune passes to a trial (BudgetError or RecipeError when it cannot work)."""
+        point = TrialPoint.from_config(sampled)
+        seed = point.seed if point.seed is not None else config.search.seed
+        request = allocation_request(config.space, point.budget, point.variant)
+        recipe = training_recipe(config.space, point, seed)
+        request.validate()
+        recipe.validate()
+        return cls(point, request, recipe, seed)
+
+
+def allocation_request(space: SpaceConfig, budget: float, variant: str | None = None) -> AllocationRequest:
+    """The width allocation at `budget` (a fraction of `space.budget_metric`); `variant` overrides the config's."""
+    return AllocationRequest(
+        params=budget if space.budget_metric == "params" else None,
+        macs=budget if space.budget_metric == "macs" else None,
+        variant=variant or space.variant,
+        objective=space.objective,
+        divisor=space.divisor,
+        min_width=space.min_width,
+        expand=space.expand,
+    )
+
+
+def training_recipe(space: SpaceConfig, point: TrialPoint, seed: int) -> TrainConfig:
+    """The training recipe of a sampled point: its searched values, the rest from the config."""
+    return TrainConfig(
+        epochs=space.epochs,
+        batch_size=point.batch_size,
+        lr=point.lr,
+        weight_decay=point.weight_decay,
+        label_smoothing=point.label_smoothing,
+        schedule=space.schedule,
+        warmup_epochs=min(space.warmup_epochs, float(space.epochs)),
+        seed=seed,
+        workers=0,
+    )
 
 
 # what the data is loaded for: a trial trains on it; the end of a search evaluates the front on its test
