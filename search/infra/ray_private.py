@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import optuna
+    import pyarrow.fs
     from ray.train import Checkpoint
     from ray.train._internal.checkpoint_manager import _CheckpointManager
     from ray.train._internal.session import _TrainingResult
@@ -42,7 +43,10 @@ def experiment_state_saved(path: str) -> bool:
 
     Readable matters: Tune 2.60 writes the state with a plain `open("w")` into a staging folder and then
     copies it to storage, so a driver killed during that copy leaves a truncated file (seen: 0 bytes) that
-    Tune would restore as an experiment without trials.
+    Tune would restore as an experiment without trials. The searcher's files of the same save
+    (`search_gen_state-<session>.json`, `searcher-state-<session>.pkl`) are copied the same way; seen empty
+    beside a whole experiment state, Tune restored a searcher that never got its search space (Optuna's
+    study is None), and the resumed search failed at its first new trial. Both must be whole too.
     """
     import json
 
@@ -57,9 +61,31 @@ def experiment_state_saved(path: str) -> bool:
         fs, inner = storage_filesystem(newest)
         with fs.open_input_stream(inner) as stream:
             state = json.loads(stream.readall().decode())
-        return isinstance(state, dict) and isinstance(state.get("trial_data"), list)
+        if not (isinstance(state, dict) and isinstance(state.get("trial_data"), list)):
+            return False
+        return _searcher_state_whole(fs, inner)
     except (OSError, ValueError):
         return False
+
+
+def _searcher_state_whole(fs: pyarrow.fs.FileSystem, state_path: str) -> bool:
+    """Whether the searcher files saved with the experiment state `state_path` are absent (a grid: no
+    searcher) or whole: the generator's JSON parses and the searcher's pickle is not empty."""
+    import json
+
+    import pyarrow.fs
+
+    folder, name = state_path.rsplit("/", 1)
+    session = name.removeprefix("experiment_state-").removesuffix(".json")
+    generator = fs.get_file_info(f"{folder}/search_gen_state-{session}.json")
+    searcher = fs.get_file_info(f"{folder}/searcher-state-{session}.pkl")
+    if searcher.type == pyarrow.fs.FileType.File and not searcher.size:
+        return False
+    if generator.type != pyarrow.fs.FileType.File:
+        return True
+    with fs.open_input_stream(generator.path) as stream:
+        json.loads(stream.readall().decode())  # ValueError when cut short
+    return True
 
 
 def optuna_study(searcher: OptunaSearch) -> optuna.Study:

@@ -200,6 +200,25 @@ def test_experiment_state_saved_finds_the_file_tune_resumes_from(tmp_path: Path)
         assert not ray_private.experiment_state_saved(str(tmp_path)), truncated
 
 
+def test_a_searcher_state_cut_short_beside_a_whole_experiment_state_is_not_a_saved_state(tmp_path: Path) -> None:
+    """Seen after a kill (test_kill_then_resume_keeps_one_finished_run_per_trial, 2026-12-07): a whole
+    experiment state beside empty searcher files, from which Tune restored a searcher that never got its
+    search space, and the resumed search failed at its first new trial."""
+    session = "2026-12-07_08-10-16"
+    (tmp_path / f"experiment_state-{session}.json").write_text('{"trial_data": [], "runner_data": {}}')
+    generator, searcher = tmp_path / f"search_gen_state-{session}.json", tmp_path / f"searcher-state-{session}.pkl"
+    assert ray_private.experiment_state_saved(str(tmp_path))  # a grid search saves no searcher files
+    generator.write_text("")
+    searcher.write_bytes(b"")
+    assert not ray_private.experiment_state_saved(str(tmp_path))
+    generator.write_text('{"counter": 3}')
+    assert not ray_private.experiment_state_saved(str(tmp_path))  # the searcher's pickle is still empty
+    searcher.write_bytes(b"\x80\x05N.")
+    assert ray_private.experiment_state_saved(str(tmp_path))
+    generator.write_text('{"counter": ')
+    assert not ray_private.experiment_state_saved(str(tmp_path))
+
+
 def test_a_requeued_optuna_trial_is_asked_again_with_its_parameters() -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     first = study.ask()

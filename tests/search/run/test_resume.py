@@ -59,8 +59,11 @@ def test_kill_then_resume_keeps_one_finished_run_per_trial(tmp_path: Path) -> No
 
     resumed = run_search_script(tmp_path, "resumable.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming search resumable-" in resumed.stdout
-    assert resumed.stdout.count("] done ") == 4 - finished_before
+    # the kill can land while Tune copies its state (or its searcher's) to storage: a state cut short is not
+    # restored, and the search starts over under its parent run (search/infra/ray_private.py, seen 2026-12-07)
+    restored = "resuming search resumable-" in resumed.stdout
+    assert restored or "stopped before Tune saved a readable state" in resumed.stdout, resumed.stdout[-3000:]
+    assert resumed.stdout.count("] done ") == (4 - finished_before if restored else 4)
 
     children = _children(client)
     assert len(children) == 4
