@@ -70,22 +70,28 @@ def experiment_state_saved(path: str) -> bool:
 
 def _searcher_state_whole(fs: pyarrow.fs.FileSystem, state_path: str) -> bool:
     """Whether the searcher files saved with the experiment state `state_path` are absent (a grid: no
-    searcher) or whole: the generator's JSON parses and the searcher's pickle is not empty."""
-    import json
-
+    searcher) or whole pickles (Tune's `_atomic_save` writes both with cloudpickle, .json name or not)."""
     import pyarrow.fs
 
     folder, name = state_path.rsplit("/", 1)
     session = name.removeprefix("experiment_state-").removesuffix(".json")
-    generator = fs.get_file_info(f"{folder}/search_gen_state-{session}.json")
-    searcher = fs.get_file_info(f"{folder}/searcher-state-{session}.pkl")
-    if searcher.type == pyarrow.fs.FileType.File and not searcher.size:
-        return False
-    if generator.type != pyarrow.fs.FileType.File:
-        return True
-    with fs.open_input_stream(generator.path) as stream:
-        json.loads(stream.readall().decode())  # ValueError when cut short
+    for file in (f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl"):
+        info = fs.get_file_info(f"{folder}/{file}")
+        if info.type == pyarrow.fs.FileType.File:
+            with fs.open_input_stream(info.path) as stream:
+                if not _whole_pickle(stream.readall()):
+                    return False
     return True
+
+
+def _whole_pickle(data: bytes) -> bool:
+    """Whether `data` is one complete pickle, checked by walking its opcodes to STOP (nothing is built)."""
+    import pickletools
+
+    try:
+        return bool(data) and [op.name for op, _, _ in pickletools.genops(data)][-1] == "STOP"
+    except (ValueError, EOFError, IndexError):
+        return False
 
 
 def optuna_study(searcher: OptunaSearch) -> optuna.Study:

@@ -204,18 +204,21 @@ def test_a_searcher_state_cut_short_beside_a_whole_experiment_state_is_not_a_sav
     """Seen after a kill (test_kill_then_resume_keeps_one_finished_run_per_trial, 2026-12-07): a whole
     experiment state beside empty searcher files, from which Tune restored a searcher that never got its
     search space, and the resumed search failed at its first new trial."""
+    import ray.cloudpickle as cloudpickle
+
     session = "2026-12-07_08-10-16"
     (tmp_path / f"experiment_state-{session}.json").write_text('{"trial_data": [], "runner_data": {}}')
     generator, searcher = tmp_path / f"search_gen_state-{session}.json", tmp_path / f"searcher-state-{session}.pkl"
     assert ray_private.experiment_state_saved(str(tmp_path))  # a grid search saves no searcher files
-    generator.write_text("")
+    generator.write_bytes(b"")
     searcher.write_bytes(b"")
     assert not ray_private.experiment_state_saved(str(tmp_path))
-    generator.write_text('{"counter": 3}')
+    whole = cloudpickle.dumps({"counter": 3, "total_samples": 4})  # Tune pickles both, whatever the suffix
+    generator.write_bytes(whole)
     assert not ray_private.experiment_state_saved(str(tmp_path))  # the searcher's pickle is still empty
-    searcher.write_bytes(b"\x80\x05N.")
+    searcher.write_bytes(cloudpickle.dumps({"_ot_trials": {}, "_space": {"lr": (0.01, 0.1)}}))
     assert ray_private.experiment_state_saved(str(tmp_path))
-    generator.write_text('{"counter": ')
+    generator.write_bytes(whole[: len(whole) // 2])  # cut short mid-copy
     assert not ray_private.experiment_state_saved(str(tmp_path))
 
 
