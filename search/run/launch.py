@@ -236,12 +236,12 @@ def new_record(
     name = f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     path = _storage_root(config) + "/" + name
     parent = tracking.open_parent_run(client, experiment, name, path, redacted(config), study.kind if study else None)
-    optuna_study = None
+    study_name = None
     if optuna_storage is not None:
-        optuna_study = optuna_study_name(name, parent)
-        tracking.set_tags(client, parent, {Tag.OPTUNA_STORAGE: optuna_storage, Tag.OPTUNA_STUDY: optuna_study})
+        study_name = optuna_study_name(name, parent)
+        tracking.set_tags(client, parent, {Tag.OPTUNA_STORAGE: optuna_storage, Tag.OPTUNA_STUDY: study_name})
     return SearchRecord(name, path, uri, experiment, parent, config.to_dict(),
-                        dataclasses.asdict(study) if study else None, optuna_storage, optuna_study)  # fmt: skip
+                        dataclasses.asdict(study) if study else None, optuna_storage, study_name)  # fmt: skip
 
 
 def resumed_record(

@@ -105,7 +105,6 @@ class _Trial:
         self.setup = setup
         self.config: ExperimentConfig = setup.config
         self.spec = spec
-        self.seed = spec.seed
         self.log = log
         self.ended = False
         # where the trial's time goes (logged at the end; benchmarks/tune_overhead.py reads it)
@@ -184,15 +183,15 @@ class _Trial:
         trial recomputes the same masks before its checkpoint is loaded.
         """
         table = cached_layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
-        spec, request = method(self.spec.allocator), self.spec.request
-        if not spec.needs_model:
-            plan = realize(spec.name, table, request, None).plan
-            return table, plan, build_from_plan(plan, seed=self.seed)
-        dense = build_from_plan(dense_plan(table), seed=self.seed)
-        batches = probe_batches(data, PROBE_BATCHES, PROBE_BATCH_SIZE, self.seed) if spec.needs_data else ()
-        result = realize(spec.name, table, request, Probe(dense, batches, self.seed))
-        if not spec.masks:
-            return table, result.plan, build_from_plan(result.plan, seed=self.seed)
+        chosen, request, seed = method(self.spec.allocator), self.spec.request, self.spec.seed
+        if not chosen.needs_model:
+            plan = realize(chosen.name, table, request, None).plan
+            return table, plan, build_from_plan(plan, seed=seed)
+        dense = build_from_plan(dense_plan(table), seed=seed)
+        batches = probe_batches(data, PROBE_BATCHES, PROBE_BATCH_SIZE, seed) if chosen.needs_data else ()
+        result = realize(chosen.name, table, request, Probe(dense, batches, seed))
+        if not chosen.masks:
+            return table, result.plan, build_from_plan(result.plan, seed=seed)
         apply_masks(dense, result.masks)
         return table, result.plan, dense
 
