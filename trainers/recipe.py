@@ -6,13 +6,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from precrop.errors import UserError
+from precrop.errors import FieldError, shown
 
 SCHEDULES = ("cosine", "onecycle")
 
 
-class RecipeError(UserError):
-    """A hyperparameter value that cannot work."""
+class RecipeError(FieldError):
+    """A hyperparameter value that cannot work (`field`: the TrainConfig field at fault, if one is)."""
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ class TrainConfig:
     workers: int = 4
 
     def validate(self) -> None:
-        """Raise RecipeError naming the first value that cannot work."""
+        """Raise RecipeError naming the first value that cannot work (its message and its `field`)."""
         positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
         for name, value in positive_ints.items():
             if value < 1:
-                raise RecipeError(f"{name} must be at least 1, got {value}")
+                raise RecipeError(f"{name} must be at least 1, got {shown(value)}", field=name)
         checks: dict[str, tuple[float, float, float, bool]] = {
             "lr": (self.lr, 0.0, math.inf, False),
             "momentum": (self.momentum, 0.0, 1.0, True),
@@ -53,13 +53,14 @@ class TrainConfig:
             too_low = number < low if low_ok else number <= low
             if not math.isfinite(number) or too_low or number > high:
                 bound = f"[{low}, {high}]" if low_ok else f"({low}, {high}]"
-                raise RecipeError(f"{name} must be a finite number in {bound}, got {number}")
+                raise RecipeError(f"{name} must be a finite number in {bound}, got {shown(number)}", field=name)
         if self.schedule not in SCHEDULES:
-            raise RecipeError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            choices = ", ".join(SCHEDULES)
+            raise RecipeError(f"schedule must be one of {choices}, got {shown(self.schedule)}", field="schedule")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise RecipeError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise RecipeError(f"device must be auto, cpu or cuda[:N], got {shown(self.device)}", field="device")
         if self.workers < 0:
-            raise RecipeError(f"workers must be >= 0, got {self.workers}")
+            raise RecipeError(f"workers must be >= 0, got {shown(self.workers)}", field="workers")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from precrop.errors import UserError
+from precrop.errors import FieldError, shown
 from precrop.width.budget import over_budget
 from precrop.width.costmodel import Cost, LayerTable
 from precrop.width.density import CvxDensitySolver, DensityProblem, InfeasibleBudget, closed_form
@@ -28,8 +28,8 @@ from precrop.width.rounding import WidthBounds, best_rounding, closeness_to, rep
 DENSITY_SOLVERS = ("closed_form", "cvxpy")
 
 
-class BudgetError(UserError):
-    """A budget or option the allocator cannot honour."""
+class BudgetError(FieldError):
+    """A budget or option the allocator cannot honour (`field`: the AllocationRequest field at fault, if one is)."""
 
 
 # The widest growth PreConfig may ask for. Each group's allowed widths run up to expand x base in steps of
@@ -57,33 +57,33 @@ class AllocationRequest:
     objective: str = "layer"
 
     def validate(self) -> None:
-        """Raise BudgetError for any value a user could get wrong."""
+        """Raise BudgetError for any value a user could get wrong, naming the field at fault."""
         if self.params is None and self.macs is None:
             raise BudgetError("give a budget: --params F, --macs F or both")
+        if not math.isfinite(self.expand) or not 1 <= self.expand <= MAX_EXPAND:  # first: the budgets' bound
+            raise BudgetError(f"expand must be in [1, {MAX_EXPAND:g}], got {self.expand:g}", field="expand")
         for name, value in (("params", self.params), ("macs", self.macs)):
             if value is None:
                 continue
             if not math.isfinite(value) or value <= 0:
-                raise BudgetError(f"{name} budget must be a positive number, got {value}")
+                raise BudgetError(f"{name} budget must be a positive number, got {shown(value)}", field=name)
             if value > self.expand + 1e-12:
                 raise BudgetError(
-                    f"{name} budget {value} exceeds the expand bound {self.expand}; "
-                    "PreCrop budgets are fractions in (0, 1], use --expand U > 1 for PreConfig"
+                    f"{name} budget {shown(value)} exceeds the expand bound {self.expand:g}; PreCrop budgets are "
+                    "fractions in (0, 1], PreConfig's (expand > 1) go up to expand",
+                    field=name,
                 )
-        if self.variant not in VARIANTS:
-            raise BudgetError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.objective not in OBJECTIVES:
-            raise BudgetError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.divisor < 1 or self.min_width < 1:
-            raise BudgetError("divisor and min width must be positive integers")
-        if not math.isfinite(self.expand) or not 1 <= self.expand <= MAX_EXPAND:
-            raise BudgetError(f"expand must be in [1, {MAX_EXPAND:g}], got {self.expand:g}")
+        choices = {"variant": VARIANTS, "objective": OBJECTIVES, "density_solver": DENSITY_SOLVERS}
+        for name, allowed in choices.items():
+            chosen = getattr(self, name)
+            if chosen not in allowed:
+                what = name.replace("_", " ")
+                raise BudgetError(f"unknown {what} {shown(chosen)}; choose one of {', '.join(allowed)}", field=name)
+        for name, width in (("divisor", self.divisor), ("min_width", self.min_width)):
+            if width < 1:
+                raise BudgetError(f"{name} must be a positive integer, got {shown(width)}", field=name)
         if not 0 < self.d_min <= 1:
-            raise BudgetError(f"d_min must be in (0, 1], got {self.d_min}")
-        if self.density_solver not in DENSITY_SOLVERS:
-            raise BudgetError(
-                f"unknown density solver {self.density_solver!r}; choose one of {', '.join(DENSITY_SOLVERS)}"
-            )
+            raise BudgetError(f"d_min must be in (0, 1], got {shown(self.d_min)}", field="d_min")
 
     @property
     def metrics(self) -> tuple[str, ...]:

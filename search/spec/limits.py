@@ -4,7 +4,8 @@ A config is read as at most MAX_CONFIG_BYTES + 1 bytes (a huge file or /dev/zero
 read), must be UTF-8, and is composed by a SafeLoader that counts while it composes, before any Python
 object is built: more than MAX_ALIASES aliases, nesting deeper than MAX_DEPTH, or more than MAX_NODES
 values once aliases are expanded (a "billion laughs" bomb), or an alias used inside its own anchor, are
-refused. Error messages show user values through `shown`, which cuts them to MAX_SHOWN characters.
+refused. Error messages show user values through `shown` (precrop/errors.py: the classes that own a setting
+echo values the same way), which cuts them to MAX_SHOWN characters.
 `text_problem` and NAME_PATTERN bound the strings a config holds (see docs/security.md).
 """
 
@@ -19,11 +20,12 @@ from typing import Any
 import yaml
 from yaml.nodes import Node
 
+from precrop.errors import clip, shown
+
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: the shipped configs are under 2 KB
 MAX_ALIASES = 100
 MAX_DEPTH = 50  # a config is 4 levels deep: file, section, list, value
 MAX_NODES = 10_000  # keys and values after expanding aliases; a full config has about 150
-MAX_SHOWN = 80  # characters of a user value echoed into an error message
 MAX_TEXT = 4096  # characters of any string value (paths, URIs): PATH_MAX
 MAX_NAME = 100
 # `name` is an MLflow tag value matched in search filters and part of a directory name
@@ -33,22 +35,6 @@ _LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})  # control characters and Unicode
 
 class ConfigLimitError(Exception):
     """Config text beyond a bound; its message completes "<source> ..." (search.spec.config adds the source)."""
-
-
-def clip(text: str, limit: int = MAX_SHOWN) -> str:
-    """`text` cut to `limit` characters, with an ellipsis and the full length when it was longer."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
-
-
-def shown(value: Any, limit: int = MAX_SHOWN) -> str:
-    """repr(value) for an error message: one line, at most `limit` characters (plus the length note)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print (Python's digit limit)
-        text = f"<{type(value).__name__} too long to show>"
-    return clip(text, limit)
 
 
 def read_config_text(path: str | Path) -> str:

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ray import tune
-
 from precrop.width.allocate import AllocationRequest
 from search.spec.config import ExperimentConfig, SpaceConfig
 from trainers.datasets import DataRequest
@@ -23,6 +21,8 @@ LOG_SCALE = ("lr", "weight_decay")
 
 def param_space(space: SpaceConfig) -> dict[str, Any]:
     """Tune domains for every searched dimension; a fixed value becomes a one-element choice."""
+    from ray import tune  # here, not above: loading a config (which resolves trial specs) needs no Ray
+
     ranges: dict[str, tuple[float, float]] = {
         "budget": space.budget,
         "lr": space.lr,
@@ -111,8 +111,9 @@ class TrialSpec:
     recipe it trains with, and its seed.
 
     The trial, the params its run logs and `precrop reconcile` all read this, so each rule (a study's seed
-    or variant overrides the config's; warm-up never longer than the schedule) is written once here, and
-    each setting is checked by the class that owns it (AllocationRequest, TrainConfig).
+    or variant overrides the config's) is written once here, and each setting is checked by the class that
+    owns it (AllocationRequest, TrainConfig). Config validation resolves the corners of the space with it
+    (search/spec/validate.py), so a config those classes would refuse stops before anything runs.
     """
 
     point: TrialPoint
@@ -159,7 +160,7 @@ def training_recipe(space: SpaceConfig, point: TrialPoint, seed: int) -> TrainCo
         weight_decay=point.weight_decay,
         label_smoothing=point.label_smoothing,
         schedule=space.schedule,
-        warmup_epochs=min(space.warmup_epochs, float(space.epochs)),
+        warmup_epochs=space.warmup_epochs,
         seed=seed,
         workers=0,
     )

@@ -1,7 +1,10 @@
 """Config validation: the range checks that parsing cannot do, each error naming its key.
 
 `validate` is called by `load_config` (search/spec/parse.py) on every config, after the YAML has been
-parsed into the frozen sections of search/spec/config.py.
+parsed into the frozen sections of search/spec/config.py. It checks what is the config's own business
+(names, bounds on counts, ranges that are ranges, choices no other class owns); a setting that the
+allocation request or the training recipe owns is checked by resolving the corners of the space into
+trial specs, so AllocationRequest.validate and TrainConfig.validate hold the one copy of each such rule.
 """
 
 from __future__ import annotations
@@ -34,9 +37,7 @@ from search.spec.limits import MAX_NAME, NAME_PATTERN, first_text_problem, shown
 def validate(config: ExperimentConfig) -> None:
     """Range checks that parsing cannot do; ConfigError names the key."""
     from precrop.methods.registry import METHODS
-    from precrop.width.mapping import VARIANTS
     from trainers.load import dataset_names
-    from trainers.recipe import SCHEDULES
 
     _validate_texts(config)
     _validate_arch(config.model.arch)
@@ -47,7 +48,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(subset is None or subset >= 1, "data.train_subset", "must be a positive number of images")
     if config.data.image_size is not None:
         _count("data.image_size", config.data.image_size)
-    _validate_space(config.space, list(METHODS), VARIANTS, SCHEDULES)
+    _validate_space(config.space, list(METHODS))
+    _validate_trial_specs(config)
     _choice("objectives.cost", config.objectives.cost, COST_OBJECTIVES)
     _count("objectives.latency_batch", config.objectives.latency_batch)
     search = config.search
@@ -139,52 +141,50 @@ def check_optuna_storage(value: str, source: str) -> None:
         _require(not memory, source, "must name a file (sqlite:///optuna.db); `none` keeps the study in memory")
 
 
-def _validate_space(
-    space: SpaceConfig, allocators: Sequence[str], variants: Sequence[str], schedules: Sequence[str]
-) -> None:
+def _validate_space(space: SpaceConfig, allocators: Sequence[str]) -> None:
+    """The space's own rules: known allocators and budget metric, ranges that are ranges, counts bounded."""
     for i, name in enumerate(space.allocators):
         _choice(f"space.allocators[{i}]", name, allocators)
-    from precrop.width.allocate import MAX_EXPAND  # the one bound on growth, shared with the allocator
-
     _choice("space.budget_metric", space.budget_metric, ("macs", "params"))
-    expand = space.expand
-    why = f"must be in [1, {MAX_EXPAND}] (1 = PreCrop), got {expand:g}"
-    _require(1 <= expand <= MAX_EXPAND, "space.expand", why)
-    low, high = space.budget
-    if space.expand == 1:
-        ok = 0 < low <= high <= 1
-        _require(
-            ok, "space.budget", f"must be [low, high] with 0 < low <= high <= 1 for PreCrop, got {list(space.budget)}"
-        )
-    else:
-        ok = 0 < low <= high <= space.expand
-        _require(ok, "space.budget", f"must lie in (0, expand={space.expand}] for PreConfig, got {list(space.budget)}")
-    _choice("space.variant", space.variant, variants)
-    from precrop.width.objective import OBJECTIVES
-
-    _choice("space.objective", space.objective, OBJECTIVES)
-    _count("space.divisor", space.divisor)
-    _count("space.min_width", space.min_width)
-    _range("space.lr", space.lr, positive=True)
-    _range("space.weight_decay", space.weight_decay, positive=False)
-    _range("space.label_smoothing", space.label_smoothing, positive=False, upper=1.0)
+    for key in ("budget", "lr", "weight_decay", "label_smoothing"):
+        low, high = bounds = getattr(space, key)
+        ok = _finite(low) and _finite(high) and low <= high
+        _require(ok, f"space.{key}", f"must be [low, high] of finite numbers with low <= high, got {list(bounds)}")
+    for key in ("divisor", "min_width", "epochs"):
+        _at_most(f"space.{key}", getattr(space, key), MAX_COUNT[f"space.{key}"])
     for i, size in enumerate(space.batch_size):
-        _require(1 <= size <= MAX_BATCH, f"space.batch_size[{i}]", f"must be 1 to {MAX_BATCH}, got {shown(size)}")
-    _count("space.epochs", space.epochs)
-    _choice("space.schedule", space.schedule, schedules)
-    _require(0 <= space.warmup_epochs <= space.epochs, "space.warmup_epochs", "must be in [0, epochs]")
+        _at_most(f"space.batch_size[{i}]", size, MAX_BATCH)
 
 
-def _range(key: str, bounds: tuple[float, float], positive: bool, upper: float = math.inf) -> None:
-    low, high = bounds
-    lowest_ok = low > 0 if positive else low >= 0
-    what = "positive" if positive else "non-negative"
-    _require(
-        _finite(low) and _finite(high) and lowest_ok and low <= high <= upper,
-        key,
-        f"must be [low, high] of {what} numbers with low <= high{f' <= {upper:g}' if upper < math.inf else ''}, "
-        f"got {list(bounds)}",
-    )
+def _validate_trial_specs(config: ExperimentConfig) -> None:
+    """Resolve the corners of the space (low and high ends of every range, with each batch size) into trial
+    specs, so AllocationRequest and TrainConfig check every setting they own by their one rule; their error
+    becomes a ConfigError naming the config key of the field at fault."""
+    from precrop.width.allocate import BudgetError
+    from search.spec.space import TrialSpec
+    from trainers.recipe import RecipeError
+
+    space = config.space
+    for i, size in enumerate(space.batch_size):
+        for end in (0, 1):
+            corner = {"allocator": space.allocators[0], "budget": space.budget[end], "lr": space.lr[end],
+                      "weight_decay": space.weight_decay[end], "label_smoothing": space.label_smoothing[end],
+                      "batch_size": size}  # fmt: skip
+            try:
+                TrialSpec.resolve(config, corner)
+            except (BudgetError, RecipeError) as exc:
+                raise ConfigError(f"{_space_key(exc.field, i)}: {exc}") from None
+
+
+def _space_key(field: str | None, batch: int) -> str:
+    """The config key of an AllocationRequest or TrainConfig field the space sets (`batch`: which batch size)."""
+    keys = {"params": "space.budget", "macs": "space.budget", "batch_size": f"space.batch_size[{batch}]"}
+    return keys.get(field, f"space.{field}") if field else "space"
+
+
+def _at_most(key: str, value: int, high: int) -> None:
+    """The config's own bound on a count (the class that uses it says how low it may go)."""
+    _require(value <= high, key, f"must be at most {high}, got {shown(value)}")
 
 
 def _validate_arch(arch: str) -> None:

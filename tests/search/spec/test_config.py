@@ -16,11 +16,14 @@ import yaml.constructor
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from precrop.errors import MAX_SHOWN, FieldError
+from precrop.width.allocate import AllocationRequest
 from search.spec.config import ConfigError, ExperimentConfig
-from search.spec.limits import MAX_ALIASES, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NAME, MAX_NODES, MAX_SHOWN, NAME_PATTERN
+from search.spec.limits import MAX_ALIASES, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NAME, MAX_NODES, NAME_PATTERN
 from search.spec.locations import storage_path_of, tracking_uri_of
 from search.spec.parse import load_config, parse_config
 from tests.search.conftest import ROOT, run_precrop, write_config
+from trainers.recipe import TrainConfig
 
 
 def test_quickstart_config_parses_to_frozen_dataclasses() -> None:
@@ -63,15 +66,24 @@ def test_defaults_round_trip_through_to_dict() -> None:
     ("override", "message"),
     [
         ("space.lrr=0.1", "unknown key 'space.lrr'"),
-        ("space.lr=[-0.1, 0.1]", "space.lr: must be [low, high] of positive numbers"),
-        ("space.budget=[0.5, 1.5]", "space.budget: must be [low, high] with 0 < low <= high <= 1 for PreCrop"),
-        ("space.budget=[0, 0.5]", "space.budget"),
+        ("space.lr=[-0.1, 0.1]", "space.lr: lr must be a finite number in (0.0, inf], got -0.1"),
+        ("space.lr=[0.2, 0.1]", "space.lr: must be [low, high] of finite numbers with low <= high, got [0.2, 0.1]"),
+        ("space.label_smoothing=[0, .nan]", "space.label_smoothing: must be [low, high] of finite numbers with "
+         "low <= high, got [0.0, nan]"),
+        ("space.budget=[0.5, 1.5]", "space.budget: macs budget 1.5 exceeds the expand bound 1; PreCrop budgets are "
+         "fractions in (0, 1], PreConfig's (expand > 1) go up to expand"),
+        ("space.budget=[0, 0.5]", "space.budget: macs budget must be a positive number, got 0.0"),
+        ("space.batch_size=[64, 100000]", "space.batch_size[1]: must be at most 65536, got 100000"),
+        ("space.batch_size=[64, 0]", "space.batch_size[1]: batch_size must be at least 1, got 0"),
+        ("space.divisor=0", "space.divisor: divisor must be a positive integer, got 0"),
+        ("space.warmup_epochs=11", "space.warmup_epochs: warmup_epochs must be a finite number in [0.0, 10.0], "
+         "got 11.0"),
         ("space.allocators=[synexp, magic]", "space.allocators[1]: unknown value 'magic'"),
         ("search.trials=many", "search.trials must be an integer"),
         ("resources.gpu=1.5", "resources.gpu: must be a GPU fraction"),
         ("model.arch=resnet9000", "model.arch: unknown value 'resnet9000'"),
         ("objectives.cost=energy", "objectives.cost: unknown value 'energy'"),
-        ("space.objective=paths", "space.objective: unknown value 'paths' (choose from layer, path)"),
+        ("space.objective=paths", "space.objective: unknown objective 'paths'; choose one of layer, path"),
         ("space=3", "space must be a mapping"),
     ],
 )
@@ -111,8 +123,42 @@ def test_model_arch_takes_every_model_source(tmp_path: Path, monkeypatch: pytest
 def test_preconfig_budget_may_exceed_one_up_to_expand(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"name": "x", "space": {"expand": 1.5, "budget": [0.8, 1.4]}})
     assert load_config(path).space.budget == (0.8, 1.4)
-    with pytest.raises(ConfigError, match=r"expand=1\.5"):
+    with pytest.raises(ConfigError) as info:
         load_config(path, ["space.budget=[0.8, 1.6]"])
+    assert str(info.value) == (
+        "space.budget: macs budget 1.6 exceeds the expand bound 1.5; PreCrop budgets are fractions in (0, 1], "
+        "PreConfig's (expand > 1) go up to expand"
+    )
+
+
+@pytest.mark.parametrize(
+    ("space", "key", "owner"),
+    [
+        ({"variant": "fancy"}, "space.variant", AllocationRequest(macs=0.2, variant="fancy")),
+        ({"objective": "paths"}, "space.objective", AllocationRequest(macs=0.2, objective="paths")),
+        ({"expand": 20}, "space.expand", AllocationRequest(macs=0.2, expand=20)),
+        ({"budget": [0.5, 1.5]}, "space.budget", AllocationRequest(macs=1.5)),
+        ({"budget_metric": "params", "budget": [-1, 1]}, "space.budget", AllocationRequest(params=-1.0)),
+        ({"min_width": 0}, "space.min_width", AllocationRequest(macs=0.2, min_width=0)),
+        ({"lr": [0, 0.1]}, "space.lr", TrainConfig(lr=0.0)),
+        ({"weight_decay": [-1e-4, 1e-3]}, "space.weight_decay", TrainConfig(weight_decay=-1e-4)),
+        ({"label_smoothing": [0, 1.5]}, "space.label_smoothing", TrainConfig(label_smoothing=1.5)),
+        ({"batch_size": [128, 0]}, "space.batch_size[1]", TrainConfig(batch_size=0)),
+        ({"epochs": 0}, "space.epochs", TrainConfig(epochs=0)),
+        ({"schedule": "step"}, "space.schedule", TrainConfig(schedule="step")),
+        ({"warmup_epochs": 20}, "space.warmup_epochs", TrainConfig(epochs=10, warmup_epochs=20.0)),
+    ],
+)
+def test_a_space_rule_is_written_once_by_the_class_that_owns_the_setting(
+    tmp_path: Path, space: dict[str, Any], key: str, owner: AllocationRequest | TrainConfig
+) -> None:
+    """The config refuses what AllocationRequest or TrainConfig refuses, in their words, under its own key: the
+    rule lives in the owner only (config validation resolves the space's corners into trial specs)."""
+    with pytest.raises(FieldError) as refused:
+        owner.validate()
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, {"name": "x", "space": space}))
+    assert str(info.value) == f"{key}: {refused.value}"
 
 
 @pytest.mark.parametrize(
@@ -386,7 +432,9 @@ def test_the_range_ends_are_accepted(tmp_path: Path, override: str, value: float
     [("data", {"data_dir": "a\x00b"}, "data.data_dir: must not contain control characters"),
      ("ray", {"storage_path": "x" * 5000}, "ray.storage_path: must be at most 4096 characters"),
      ("mlflow", {"experiment": "e" * 201}, "mlflow.experiment: must be at most 200 characters"),
-     ("mlflow", {"tracking_uri": "sqlite:///a\nb.db"}, "mlflow.tracking_uri: must not contain control")],
+     ("mlflow", {"tracking_uri": "sqlite:///a\nb.db"}, "mlflow.tracking_uri: must not contain control"),
+     ("space", {"variant": "v" * 3000}, f"space.variant: unknown variant '{'v' * 79}... (3002 characters); "
+      "choose one of fit, gp, internal")],
 )  # fmt: skip
 def test_strings_are_bounded(tmp_path: Path, key: str, value: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -15,14 +15,14 @@ POINT = {"allocator": "synexp", "budget": 0.4, "lr": 0.05, "weight_decay": 3e-4,
 
 def test_a_point_resolves_into_the_request_recipe_and_seed_the_config_and_point_describe() -> None:
     config = parse_config({"space": {"budget_metric": "params", "objective": "path", "divisor": 4, "epochs": 3,
-                                     "warmup_epochs": 5}, "search": {"seed": 7}})  # fmt: skip
+                                     "warmup_epochs": 2}, "search": {"seed": 7}})  # fmt: skip
     spec = TrialSpec.resolve(config, POINT)
     request = spec.request
     assert (request.params, request.macs, request.objective, request.divisor) == (0.4, None, "path", 4)
     assert spec.request.variant == "gp" and spec.seed == 7 and spec.allocator == "synexp"
     recipe = spec.recipe
     assert (recipe.lr, recipe.weight_decay, recipe.label_smoothing, recipe.batch_size) == (0.05, 3e-4, 0.05, 64)
-    assert recipe.epochs == 3 and recipe.warmup_epochs == 3.0 and recipe.seed == 7  # warm-up capped at the schedule
+    assert recipe.epochs == 3 and recipe.warmup_epochs == 2.0 and recipe.seed == 7
 
 
 def test_a_studys_seed_and_variant_override_the_configs() -> None:
@@ -36,6 +36,9 @@ def test_each_setting_is_checked_by_the_class_that_owns_it() -> None:
         TrialSpec.resolve(config, {**POINT, "budget": -0.1})
     with pytest.raises(RecipeError, match="lr must be a finite number"):
         TrialSpec.resolve(config, {**POINT, "lr": 0.0})
+    longer = parse_config({"space": {"epochs": 3, "warmup_epochs": 5}})  # TrainConfig's rule, not a silent cap
+    with pytest.raises(RecipeError, match=r"^warmup_epochs must be a finite number in \[0\.0, 3\.0\], got 5\.0$"):
+        TrialSpec.resolve(longer, POINT)
 
 
 def test_the_preflight_request_is_the_trials_request() -> None:
