@@ -185,18 +185,19 @@ def _load_config(args: argparse.Namespace) -> ExperimentConfig:
 
 def _run_search(args: argparse.Namespace) -> int:
     """`precrop search CONFIG`: run (or --resume) a search."""
+    config = _load_config(args)  # first: a bad config is refused before Ray, MLflow and Tune are imported
     from search.run.driver import run_search
 
-    return run_search(_load_config(args), resume=args.resume)
+    return run_search(config, resume=args.resume)
 
 
 def _run_study(args: argparse.Namespace) -> int:
     """`precrop study KIND CONFIG`: train a study's grid, or (--report) remake its tables from MLflow."""
+    config = _load_config(args)  # first: a bad config is refused before Ray, MLflow and Tune are imported
     from search.run.driver import run_search
     from search.spec.grid import make_study
     from search.studies.report import run_study_report
 
-    config = _load_config(args)
     if args.report:
         return run_study_report(config, args.kind, args.out)
     study = make_study(args.kind, args.budgets, args.seeds, args.out, config.space.allocators)

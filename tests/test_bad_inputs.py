@@ -415,7 +415,7 @@ def test_gpus_asked_of_a_cluster_without_any(tmp_path: Path) -> None:
     from tests.cluster.conftest import LocalCluster
 
     _config(resources={"gpu": 1}, ray={"gpu_wait_s": 2})(tmp_path)
-    cluster = LocalCluster({"cpu": {"num_cpus": 1}})
+    cluster = LocalCluster({"cpu": {"num_cpus": 1}}, private=True)
     try:
         env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         code, err = _run_subprocess([*SEARCH, "--address", cluster.address], tmp_path, env)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +68,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 class LocalCluster:
     """Head (no CPUs) plus named worker nodes, in a child process that obeys `kill NAME` and `stop`."""
 
-    def __init__(self, workers: dict[str, dict[str, float]]) -> None:
+    def __init__(self, workers: dict[str, dict[str, float]], private: bool = False) -> None:
+        """`private`: Ray's temp folder is a fresh one, so the address file `ray start` writes is not where a
+        search run beside this test (another pytest worker) looks for a cluster to join."""
         env = _script_env()
+        self.temp: str | None = tempfile.mkdtemp(prefix="ray-", dir="/tmp") if private else None
+        if self.temp is not None:
+            env["RAY_TMPDIR"] = self.temp  # short: Ray's socket paths must fit in 107 characters
         self.process = subprocess.Popen(
             [sys.executable, str(LOCAL_CLUSTER), json.dumps(workers)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
@@ -102,6 +109,8 @@ class LocalCluster:
             if self.process.poll() is None:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
+            if self.temp is not None:
+                shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def cluster_search_env(server: MlflowServer, storage: Path) -> dict[str, str]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
+import mmap
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from search.spec.schema import Metric, Tag
 from tests.search.conftest import ROOT, TINY_CONFIG, run_precrop, search_env, search_runs, write_config
@@ -26,9 +26,14 @@ def test_rss_and_peak_are_read_from_proc() -> None:
         pytest.skip("no /proc/self/status here")
     assert memory.reset_peak_rss()
     before = memory.peak_rss_mb()
-    block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+    # 64 MiB of fresh pages, each touched: an anonymous map, not the heap, which in a process that ran other
+    # tests (a pytest-xdist worker) may hand back pages that are resident already and so raise no peak
+    size = 64 << 20
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
     peak = memory.peak_rss_mb()
-    del block
+    block.close()
     assert before is not None and peak is not None and peak - before >= 60
     rss = memory.rss_mb()
     assert rss is not None and rss <= peak
