@@ -168,3 +168,20 @@ def test_a_bad_config_is_refused_before_ray_mlflow_or_tune_are_imported(
     lines = out.stderr.strip().splitlines()
     assert lines[0].startswith("precrop: error: unknown key 'extra'"), out.stderr
     assert lines[-1] == "exit 2", out.stderr
+
+
+NOT_IMPORTED = """
+import sys
+import search.run.driver, search.run.trial
+print(*sorted(m for m in ("timm", "torchvision", "torch._dynamo") if m in sys.modules))
+import timm  # still importable afterwards, for timm: model sources
+print(timm.__name__)
+"""
+
+
+def test_a_search_imports_neither_timm_nor_torchvision_until_a_model_needs_them() -> None:
+    """torch-pruning's import of timm (precrop/nn/pruning_lib.py) and the zoo's torchvision builders cost about
+    3 CPU-seconds in every driver and trial process; a search of a CIFAR ResNet needs neither."""
+    out = subprocess.run([sys.executable, "-c", NOT_IMPORTED], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["", "timm"], out.stdout

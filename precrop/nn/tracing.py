@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from precrop.errors import UserError
 from precrop.nn.counting import count_cost
+from precrop.nn.pruning_lib import tp
 from precrop.nn.zoo.cifar_resnet import ChannelPad
 from precrop.nn.zoo.spec import first_line, shown
 from precrop.width.costmodel import (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from precrop.nn.zoo.cifar_models import mobilenetv2_cifar, resnet18_cifar, vgg16_bn_cifar
@@ -39,6 +38,8 @@ def _cifar_resnet(depth: int) -> ArchSpec:
 
 def _tv(name: str, tv_name: str, description: str, init: Init) -> ArchSpec:
     def build(num_classes: int) -> nn.Module:
+        import torchvision  # on first use: see precrop/nn/zoo/cifar_models.py's docstring
+
         return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
 
     return ArchSpec(name, build, 1000, 224, description, init)

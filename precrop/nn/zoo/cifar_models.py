@@ -1,9 +1,13 @@
-"""CIFAR-sized (32x32) variants of ImageNet families: ResNet-18, VGG-16-BN, MobileNetV2."""
+"""CIFAR-sized (32x32) variants of ImageNet families: ResNet-18, VGG-16-BN, MobileNetV2.
+
+torchvision is imported by the builders that use it, not at the top: `torchvision.models` imports
+torchvision.ops and with it torch._dynamo, about a CPU-second that every search driver, trial process and
+`precrop` command paid even for a CIFAR ResNet (see also precrop/nn/pruning_lib.py).
+"""
 
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 VGG16_CONFIG: tuple[int | str, ...] = (
@@ -24,6 +28,8 @@ MOBILENETV2_CIFAR_SETTING = [
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     """torchvision ResNet-18 with a 3x3 stride-1 stem and no max-pool (32x32 inputs)."""
+    import torchvision  # on first use: see the module docstring
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -76,6 +82,8 @@ def vgg16_bn_cifar(num_classes: int = 10) -> nn.Module:
 
 def mobilenetv2_cifar(num_classes: int = 10) -> nn.Module:
     """torchvision MobileNetV2 with a stride-1 stem and stride-1 second stage (32x32 inputs)."""
+    import torchvision  # on first use: see the module docstring
+
     model = torchvision.models.MobileNetV2(num_classes=num_classes, inverted_residual_setting=MOBILENETV2_CIFAR_SETTING)
     stem = model.features[0][0]
     assert isinstance(stem, nn.Conv2d)
