@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from precrop.errors import UserError
-
-MAX_SHOWN = 80  # characters of a user-given name echoed into an error message
+from precrop.errors import MAX_SHOWN, UserError
 
 
 @dataclass(frozen=True)
