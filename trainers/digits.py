@@ -7,6 +7,9 @@ the test split, so test numbers from different runs are comparable.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -18,12 +21,31 @@ TEST_SEED = 0
 
 def digits_tensors() -> TensorSplit:
     """All 1,797 digits as a uint8 (N, 3, 8, 8) tensor and their labels."""
+    pixels, target = digits_arrays()
+    grey = np.rint(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
+    images = torch.from_numpy(grey).unsqueeze(1).repeat(1, 3, 1, 1).contiguous()
+    return TensorSplit(images, torch.from_numpy(target.astype(np.int64)))
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The (1797, 64) pixel values 0..16 and the labels, read from the file scikit-learn bundles.
+
+    `sklearn.datasets.load_digits` returns the same arrays (a test checks it), but importing
+    scikit-learn costs about a CPU-second (sklearn.base pulls in scipy.stats) in every driver and trial
+    process of a digits search, for a 60 kB CSV. Locating the package does not import it; where the file
+    is not found (a different scikit-learn layout), the library's loader is used.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    grey = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    images = torch.from_numpy(grey).unsqueeze(1).repeat(1, 3, 1, 1).contiguous()
-    return TensorSplit(images, torch.from_numpy(bunch.target.astype(np.int64)))
+    return bunch.data, bunch.target
 
 
 @register_loader("digits")

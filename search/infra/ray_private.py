@@ -8,6 +8,7 @@ attribute, when an installed Ray no longer has one of them. Each function says w
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,17 @@ def ray_start_address() -> str | None:
 
     found: str | None = ray_utils.read_ray_address()
     return found or None
+
+
+def no_idle_worker_prestart() -> dict[str, object]:
+    """Ray's `_system_config` for an embedded Ray that starts no idle Python workers ahead of demand.
+
+    By default the raylet starts one idle worker per CPU when the driver connects (Ray 2.60's
+    `prestart_worker_first_driver`, `enable_worker_prestart`). Tune never uses them: its trial actors carry
+    a runtime_env of their own (ray/tune/execution/class_cache.py), so each gets a new worker anyway, and
+    every idle one costs about a CPU-second of imports per search. `ray.init` exposes no public setting.
+    """
+    return {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
 def experiment_state_saved(path: str) -> bool:
@@ -66,6 +78,41 @@ def experiment_state_saved(path: str) -> bool:
         return _searcher_state_whole(fs, inner)
     except (OSError, ValueError):
         return False
+
+
+def restore_staged_experiment_state(path: str) -> str | None:
+    """Copy Tune's last whole experiment state of the search in `path` back from the driver's staging folder;
+    the folder it came from, or None when no staging folder holds one.
+
+    Tune 2.60 saves the experiment state (trials, searcher, callbacks) into a staging folder on the driver's
+    machine (`StorageContext.experiment_driver_staging_path`: `<ray temp>/session_*/artifacts/<time>/<name>/
+    driver_artifacts`) and copies it to storage afterwards; a driver killed during that copy leaves
+    truncated files in storage beside whole ones in staging, which a resumed search would otherwise have
+    to ignore (and retrain every finished trial). A staging folder counts only when it names trials and
+    every trial folder it names is in `path` too (searches of the same name may have run under other
+    storage roots).
+    """
+    import pyarrow.fs
+    from ray._common.utils import get_default_ray_temp_dir
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    from search.infra.storage import storage_filesystem
+
+    fs, inner = storage_filesystem(path)
+    stored = {info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(inner, allow_not_found=True))}
+    name = inner.rstrip("/").rsplit("/", 1)[-1]
+    staged = Path(get_default_ray_temp_dir()).glob(f"session_*/artifacts/*/{name}/driver_artifacts")
+    for folder in sorted(staged, key=lambda f: f.stat().st_mtime, reverse=True):
+        trials = {p.name for p in folder.iterdir() if p.is_dir()}
+        newest = _find_newest_experiment_checkpoint(str(folder))
+        if newest is None or not trials or not trials <= stored or not experiment_state_saved(str(folder)):
+            continue
+        session = Path(newest).name.removeprefix("experiment_state-").removesuffix(".json")
+        for file in folder.glob(f"*-{session}.*"):
+            with fs.open_output_stream(f"{inner}/{file.name}") as out:
+                out.write(file.read_bytes())
+        return str(folder)
+    return None
 
 
 def _searcher_state_whole(fs: pyarrow.fs.FileSystem, state_path: str) -> bool:

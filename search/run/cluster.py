@@ -48,7 +48,7 @@ def init_ray(config: ExperimentConfig) -> RayStarted:
     try:
         # trials print nothing useful; their errors reach the driver through Tune
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env=runtime_env)  # fmt: skip
+                 runtime_env=runtime_env, _system_config=ray_private.no_idle_worker_prestart())  # fmt: skip
     except BaseException as exc:
         started.shutdown()
         failure = _init_failed(config, address, runtime_env, exc)

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.infra.ray_private import restore_staged_experiment_state
 from search.record import tracking
 from search.record.records import SearchRecord, optuna_study_name, tune_state_saved
 from search.run.tune_state import saved_trials
@@ -260,15 +261,24 @@ def resumed_record(
     if changed:
         raise ConfigError(f"cannot resume {tags[Tag.SEARCH]}: the config changed ({', '.join(changed[:5])})")
     path = tags[Tag.SEARCH_DIR]
-    if not tune_state_saved(path):
-        # killed before Tune first saved its experiment state (trials, searcher), or while it copied it: start over
-        print(f"note: search {tags[Tag.SEARCH]} stopped before Tune saved a readable state in {path}: "
-              "its trials start from the beginning, under the same parent run", flush=True)  # fmt: skip
-    else:
-        print(f"resuming search {tags[Tag.SEARCH]} from {path}", flush=True)
+    _announce_resume(tags[Tag.SEARCH], path)
     # the study stays where the search began it (Tune restores the searcher, storage included)
     stored = tags.get(Tag.OPTUNA_STORAGE), tags.get(Tag.OPTUNA_STUDY)
     return SearchRecord(tags[Tag.SEARCH], path, uri, experiment, parent.info.run_id, config.to_dict(), None, *stored)
+
+
+def _announce_resume(search: str, path: str) -> None:
+    """Say where the resumed search continues from, first restoring Tune's state from its staging copy when
+    a kill cut the copy in storage short; without any whole state, the trials start from the beginning."""
+    if tune_state_saved(path):
+        print(f"resuming search {search} from {path}", flush=True)
+    elif (staged := restore_staged_experiment_state(path)) is not None and tune_state_saved(path):
+        print(f"resuming search {search} from {path}: its Tune state there was cut short by the kill and is "
+              f"restored from the driver's copy in {staged}", flush=True)  # fmt: skip
+    else:
+        # killed before Tune first saved its experiment state (trials, searcher), or while it copied it
+        print(f"note: search {search} stopped before Tune saved a readable state in {path}: "
+              "its trials start from the beginning, under the same parent run", flush=True)  # fmt: skip
 
 
 def redacted(config: ExperimentConfig) -> dict[str, Any]:

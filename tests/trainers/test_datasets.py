@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,27 @@ def test_digits_splits() -> None:
     other_seed = load_dataset(DataRequest("digits", seed=1, with_test=True))
     assert data.test is not None and other_seed.test is not None
     assert torch.equal(data.test.labels, other_seed.test.labels)  # the test split never moves
+
+
+def test_digits_read_without_scikit_learn_equal_its_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.datasets import load_digits
+
+    from trainers import digits
+
+    pixels, target = digits.digits_arrays()
+    bunch = load_digits()
+    assert pixels.shape == (1797, 64) and np.array_equal(pixels, bunch.data)
+    assert np.array_equal(target, bunch.target)
+    # a scikit-learn without the bundled file: the library's own loader answers the same
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
+    fallback = digits.digits_arrays()
+    assert np.array_equal(fallback[0], pixels) and np.array_equal(fallback[1], target)
+
+
+def test_loading_digits_does_not_import_scikit_learn() -> None:
+    code = "import sys; from trainers.digits import digits_tensors; digits_tensors(); print('sklearn' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint() -> None:

@@ -8,6 +8,7 @@ the objects Tune itself builds, driven by hand.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,62 @@ def test_a_searcher_state_cut_short_beside_a_whole_experiment_state_is_not_a_sav
     assert ray_private.experiment_state_saved(str(tmp_path))
     generator.write_bytes(whole[: len(whole) // 2])  # cut short mid-copy
     assert not ray_private.experiment_state_saved(str(tmp_path))
+
+
+def _write_state(folder: Path, session: str, trials: list[str], searcher: bytes) -> None:
+    """An experiment state of `trials` (each with its trial folder) and its searcher files, as Tune saves them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"experiment_state-{session}.json").write_text('{"trial_data": [], "runner_data": {}}')
+    for name in (f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl"):
+        (folder / name).write_bytes(searcher)
+    for trial in trials:
+        (folder / trial).mkdir(exist_ok=True)
+
+
+def test_a_state_cut_short_in_storage_is_restored_from_tunes_staging_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """Tune 2.60 keeps the state it copies to storage in the driver's staging folder (the layout below is
+    `StorageContext.experiment_driver_staging_path`); only a copy of this very search is taken back."""
+    import ray.cloudpickle as cloudpickle
+    from ray.train._internal.storage import StorageContext
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    whole, session, trials = (
+        cloudpickle.dumps({"counter": 2}),
+        "2026-12-07_13-30-53",
+        ["run_trial_a_1", "run_trial_b_2"],
+    )
+    storage = tmp_path / "ray_results" / "tiny-20261207-133052"
+    _write_state(storage, session, trials, b"")  # the kill's leftovers: searcher files empty
+    assert not ray_private.experiment_state_saved(str(storage))
+    assert ray_private.restore_staged_experiment_state(str(storage)) is None  # no staging folder at all
+
+    sessions = tmp_path / "tmp" / "ray"
+    # the same name from a search under another storage root (its trial is not in this one), the newest
+    other = sessions / "session_2" / "artifacts" / "2026-12-07_13-30-52" / storage.name / "driver_artifacts"
+    _write_state(other, session, ["run_trial_c_1"], whole)
+    cut = sessions / "session_3" / "artifacts" / "2026-12-07_13-30-52" / storage.name / "driver_artifacts"
+    _write_state(cut, session, trials[:1], whole[:-3])  # this search's, but its own copy is cut short too
+    assert ray_private.restore_staged_experiment_state(str(storage)) is None
+    staged = sessions / "session_1" / "artifacts" / "2026-12-07_13-30-52" / storage.name / "driver_artifacts"
+    _write_state(staged, session, trials, whole)
+    for old, folder in enumerate((staged, cut, other)):  # the right one is the oldest
+        os.utime(folder, (1_000_000 + old, 1_000_000 + old))
+    assert ray_private.restore_staged_experiment_state(str(storage)) == str(staged)
+    assert ray_private.experiment_state_saved(str(storage))
+    assert (storage / f"searcher-state-{session}.pkl").read_bytes() == whole
+
+    # the folder this Ray stages in has that layout: <session dir>/artifacts/<time>/<name>/driver_artifacts
+
+    session_dir = sessions / "session_9"
+    monkeypatch.setattr(
+        ray._private.worker, "_global_node", type("Node", (), {"get_session_dir_path": lambda _: str(session_dir)})()
+    )
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    staging = Path(StorageContext(str(tmp_path / "ray_results"), storage.name).experiment_driver_staging_path)
+    assert staging.parent.parent.parent == session_dir / "artifacts", f"Tune stages in {staging}; {WRITTEN_AGAINST}"
+    assert staging.parts[-2:] == (storage.name, "driver_artifacts"), f"Tune stages in {staging}; {WRITTEN_AGAINST}"
 
 
 def test_a_requeued_optuna_trial_is_asked_again_with_its_parameters() -> None:

@@ -306,6 +306,8 @@ def _get(url: str) -> bool:
 def test_mlflow_models_serve_answers_with_the_pytorch_logits(store: Store, registered: str) -> None:
     port = _free_port()
     env = {**search_env(), "MLFLOW_TRACKING_URI": store.uri}
+    # MLflow starts `uvicorn` by name: the environment's bin folder must be on PATH even when it is not activated
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", registered, "--env-manager", "local",
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     server = subprocess.Popen(command, env=env, cwd=store.folder, stdout=subprocess.DEVNULL,

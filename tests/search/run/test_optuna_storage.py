@@ -383,7 +383,22 @@ def _stored_states(folder: Path) -> list[str]:
 KILL_AT: dict[str, Callable[[list[str]], bool]] = {
     "two trials asked": lambda states: states.count("RUNNING") >= 2,  # often before Tune saved any state
     "one told, one running": lambda states: "COMPLETE" in states and "RUNNING" in states,
+    # and then Tune's copy of its state in storage cut short, as a kill during the copy leaves it
+    "one told, one running, state cut short": lambda states: "COMPLETE" in states and "RUNNING" in states,
 }
+
+
+def _cut_searcher_state_short(folder: Path) -> list[str]:
+    """Empty the searcher files of Tune's newest state in the search folder under `folder` (a kill during
+    Tune's copy to storage left them so beside a whole experiment state); the names of those emptied."""
+    (search_dir,) = (folder / "ray_results").iterdir()
+    newest = sorted(search_dir.glob("experiment_state-*.json"))[-1]
+    session = newest.name.removeprefix("experiment_state-").removesuffix(".json")
+    names = (f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl")
+    emptied = [search_dir / name for name in names if (search_dir / name).is_file()]
+    for file in emptied:
+        file.write_bytes(b"")
+    return [f.name for f in emptied]
 
 
 @pytest.mark.ray
@@ -400,6 +415,8 @@ def test_a_killed_and_resumed_search_stores_each_trial_once(tmp_path: Path, mome
     write_config(tmp_path, config, "resumed.yaml")
     kill_search_when(tmp_path, "resumed.yaml", lambda folder: KILL_AT[moment](_stored_states(folder)), moment)
     before = _stored_states(tmp_path)
+    if moment.endswith("cut short"):
+        assert _cut_searcher_state_short(tmp_path), "Tune had saved no searcher state to cut short"
     resumed = run_search_script(tmp_path, "resumed.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
@@ -410,3 +427,5 @@ def test_a_killed_and_resumed_search_stores_each_trial_once(tmp_path: Path, mome
     assert _by_trial_id(study.trials).keys() == {r.data.tags["precrop.trial_id"] for r in children}
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert re.search(r"optuna best-trials --study-name \S+ --storage sqlite:///", resumed.stdout)
+    if moment.endswith("cut short"):  # the finished trial was not trained again: Tune's state came back whole
+        assert "is restored from the driver's copy" in resumed.stdout, resumed.stdout[-3000:]
