@@ -3,8 +3,9 @@
 
 What makes that safe and worth it:
 - Tests that share a class-, module- or package-scoped fixture (one real search that several tests read,
-  a trained model) form one xdist group and run on one worker, so the shared search runs once; every
-  other test is scheduled on its own.
+  a trained model) form one xdist group and run on one worker, so the shared search runs once; so do
+  the tests of every module that read one of this project's session-scoped fixtures (the one tiny search
+  of tests/search/conftest.py); every other test is scheduled on its own.
 - Each worker's PyTorch uses one thread. Workers that each spin two OpenMP threads on two cores fight
   over them, and the run took longer than a serial one (measured: docs/development.md).
 - Tests that start Ray run first: they are the longest and mostly wait (on Ray's start, on trial
@@ -31,11 +32,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the tests that share a fixture (by module), then put the tests that start Ray first (a stable
     sort: the order within each kind is kept)."""
     for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs} if info is not None else set()
-        if scopes & SHARED_SCOPES and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+        group = _shared_fixture_group(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("ray") is None)
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    """The xdist group of a test that shares a fixture: a session-scoped fixture of this project's tests (one
+    search read by several modules) names the group; else a class-, module- or package-scoped one groups
+    the test with its module. pytest's own session fixtures (tmp_path_factory) are defined outside
+    tests/ and share nothing worth a group."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = [d for found in info.name2fixturedefs.values() for d in found] if info is not None else []
+    session = sorted(d.argname for d in defs if d.scope == "session" and d.baseid.startswith("tests"))
+    if session:
+        return f"session fixture {session[0]}"
+    if {d.scope for d in defs} & SHARED_SCOPES:
+        return item.nodeid.split("::", 1)[0]
+    return None
 
 
 class _GroupsInNodeIds:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +114,34 @@ def search_runs(folder: Path, experiment: str) -> SearchRuns:
     runs = client.search_runs([found.experiment_id])
     by_role = {role: [r for r in runs if r.data.tags.get("precrop.role") == role] for role in ("search", "trial")}
     return SearchRuns(client, found.experiment_id, by_role["search"], by_role["trial"])
+
+
+@dataclass(frozen=True)
+class TinySearch:
+    """The one finished TINY_CONFIG search that the end-to-end and Optuna-storage tests read (experiment "tiny")."""
+
+    folder: Path
+    output: subprocess.CompletedProcess[str]
+    runs: SearchRuns
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> TinySearch:
+    """`python search.py tiny.yaml` of TINY_CONFIG in a fresh folder, run once per test session: every
+    default a new user gets (MLflow and Optuna in SQLite files beside the config, Tune's state in
+    ./ray_results), so no tracking, Optuna or storage variable of this shell may leak in. tests/conftest.py
+    keeps the tests that read it on one worker."""
+    from search.spec.config import OPTUNA_STORAGE_ENV
+
+    folder = tmp_path_factory.mktemp("search")
+    copy_search_script(folder)
+    write_config(folder, TINY_CONFIG, "tiny.yaml")
+    assert sorted(p.name for p in folder.iterdir()) == ["search.py", "tiny.yaml"]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (OPTUNA_STORAGE_ENV, "MLFLOW_TRACKING_URI", "PRECROP_STORAGE_PATH"):
+            patch.delenv(name, raising=False)
+        output = run_search_script(folder, "tiny.yaml")
+    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
+    runs = search_runs(folder, "tiny")
+    assert len(runs.parents) == 1
+    return TinySearch(folder, output, runs)

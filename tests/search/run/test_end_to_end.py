@@ -17,12 +17,8 @@ from mlflow import MlflowClient
 
 from search.record.models import load_run_bundle, load_run_model
 from tests.search.conftest import (
-    TINY_CONFIG,
-    copy_search_script,
+    TinySearch,
     run_precrop,
-    run_search_script,
-    search_runs,
-    write_config,
 )
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
@@ -43,16 +39,11 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
-    folder = tmp_path_factory.mktemp("search")
-    copy_search_script(folder)
-    write_config(folder, TINY_CONFIG, "tiny.yaml")
-    assert sorted(p.name for p in folder.iterdir()) == ["search.py", "tiny.yaml"]
-    output = run_search_script(folder, "tiny.yaml")
-    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    runs = search_runs(folder, "tiny")
-    assert len(runs.parents) == 1
-    return Finished(folder, output, runs.client, runs.experiment_id, runs.parents[0], runs.children)
+def finished(tiny_search: TinySearch) -> Finished:
+    runs = tiny_search.runs
+    return Finished(
+        tiny_search.folder, tiny_search.output, runs.client, runs.experiment_id, runs.parents[0], runs.children
+    )
 
 
 def test_one_parent_and_one_finished_child_per_trial(finished: Finished) -> None:
@@ -114,8 +105,9 @@ def test_pareto_command_recomputes_the_same_front(finished: Finished) -> None:
 
 
 # onnx in the default run; pt2 and torchscript (each format is also checked without Ray in test_export.py) in -m slow
-@pytest.mark.parametrize("fmt", ["onnx", pytest.param("pt2", marks=pytest.mark.slow),
-                                 pytest.param("torchscript", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "fmt", ["onnx", pytest.param("pt2", marks=pytest.mark.slow), pytest.param("torchscript", marks=pytest.mark.slow)]
+)
 def test_export_round_trip(finished: Finished, fmt: str) -> None:
     member = next(c for c in finished.children if c.data.tags["pareto"] == "true")  # type: ignore[attr-defined]
     run_id = member.info.run_id  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ from search.spec.parse import load_config, parse_config
 from tests.search.conftest import (
     EMPTY_TUNE_STATE,
     TINY_CONFIG,
+    TinySearch,
     copy_search_script,
     kill_search_when,
     run_search_script,
@@ -268,18 +269,12 @@ def _runs(folder: Path, experiment_name: str) -> tuple[Run, list[Run]]:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
-    folder = tmp_path_factory.mktemp("stored")
-    copy_search_script(folder)
-    config = copy.deepcopy(TINY_CONFIG)
-    config["name"] = "stored"
-    write_config(folder, config, "stored.yaml")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in (OPTUNA_STORAGE_ENV, "MLFLOW_TRACKING_URI", "PRECROP_STORAGE_PATH"):
-            patch.delenv(name, raising=False)
-        output = run_search_script(folder, "stored.yaml")
-    assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    return Searched(folder, output.stdout, *_runs(folder, "stored"))
+def searched(tiny_search: TinySearch) -> Searched:
+    """The shared search (tests/search/conftest.py): with no storage configured, its Optuna study is stored
+    beside the config by default."""
+    return Searched(
+        tiny_search.folder, tiny_search.output.stdout, tiny_search.runs.parents[0], tiny_search.runs.children
+    )
 
 
 @pytest.mark.ray
