@@ -44,6 +44,8 @@ def no_idle_worker_prestart() -> dict[str, object]:
     `prestart_worker_first_driver`, `enable_worker_prestart`). Tune never uses them: its trial actors carry
     a runtime_env of their own (ray/tune/execution/class_cache.py), so each gets a new worker anyway, and
     every idle one costs about a CPU-second of imports per search. `ray.init` exposes no public setting.
+    A Ray that no longer knows one of these names refuses to start ("Received unexpected config
+    parameter"), so every test that runs an embedded search checks them.
     """
     return {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 

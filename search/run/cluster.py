@@ -27,7 +27,8 @@ class RayStarted:
     reaper: Reaper | None = None
 
     def shutdown(self) -> None:
-        """Disconnect from (or stop) Ray; for an embedded Ray, then end its watchdog."""
+        """Disconnect from (or stop) Ray; for an embedded Ray, then end its watchdog, which kills whatever
+        process of it is left and returns once they are gone. Calling it again does nothing more."""
         import ray
 
         ray.shutdown()

@@ -62,12 +62,18 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     # Ray is joined (and the resources checked) before a new search opens its parent run: a cluster
     # that cannot run it leaves nothing behind in MLflow
     ray_started = init_ray(config)
+    record: SearchRecord | None = None
     try:
         resources = trial_resources(config, ray_started.embedded)
         record = launch.open_record(client, experiment)
         write_record(record)
         _announce(config, record, launch)
         _run_tuner(config, record, resources, launch, client)
+    except KeyboardInterrupt:
+        ray_started.shutdown()
+        if record is not None:
+            _relabel_after_shutdown(client, record)
+        raise
     finally:
         ray_started.shutdown()
     trained = _finish(client, record, config, study, uri)
@@ -148,6 +154,17 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
             key = "--budgets" if study else "space.budget"
             method = f"{allocator} ({variant} mapping)" if variant else allocator
             raise ConfigError(f"{key}: {method} cannot allocate at {budget}: {exc}") from exc
+
+
+def _relabel_after_shutdown(client: MlflowClient, record: SearchRecord) -> None:
+    """After Ctrl-C, close the trial runs once more, now that Ray is down: a trial Tune stopped on its way
+    out ends its own run as "stopped" when its thread next reaches `tune.report`, which on a loaded machine
+    can come after `_run_tuner` closed the runs; no trial process of an embedded Ray is left to do so now
+    (on a joined cluster Ray ends the job's workers as the driver leaves, so a late write stays possible)."""
+    try:
+        close_leftover_runs(client, record, RunStatus.KILLED)
+    except tracking.TRACKING_FAILURES as exc:
+        print(f"warning: could not end the MLflow runs: {tracking.first_line(exc)}", file=sys.stderr)
 
 
 def _run_tuner(config: ExperimentConfig, record: SearchRecord, resources: dict[str, float], launch: Launch,
