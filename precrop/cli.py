@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from precrop.cli_args import EXIT_USER_ERROR, OneLineErrorParser, positive_int, seed_int
-from precrop.errors import UserError
+from precrop.errors import UserError, clip
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process SIGPIPE ended
 EXIT_INTERRUPTED = 128 + 2  # ... and for one SIGINT (Ctrl-C) ended
@@ -141,11 +141,26 @@ def run_reporting_user_errors(handler: Callable[[argparse.Namespace], int], args
     except UserError as exc:
         print(f"precrop: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"precrop: error: not enough memory for what was asked ({clip(said, 160)}): fewer classes, a smaller "
+              "input size or batch size need less", file=sys.stderr)  # fmt: skip
+        return EXIT_USER_ERROR
     except BrokenPipeError:  # `precrop info --list | head`: the reader left; stop quietly, as `cat` would
         return _reader_gone()
     except KeyboardInterrupt:  # Ctrl-C: one line, and the exit status a shell gives a process SIGINT ended
         print("precrop: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says memory ran out: Python's MemoryError, torch's CUDA OutOfMemoryError, or the
+    RuntimeError torch's CPU allocator raises (checked by name and text, so this module imports no torch)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
 
 
 def _reader_gone() -> int:

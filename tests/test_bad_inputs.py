@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from search.cli import main
 from tests.search.conftest import TINY_CONFIG, search_env
@@ -150,6 +152,12 @@ MODELS = {
     "src_cfg_returns_str.py": "def net(num_classes=10):\n    return 'a model'\n",
     "src_cfg_fixed.py": "from torch import nn\n\ndef net():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
                         "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n",
+    "src_exits.py": "import sys\n\ndef net(num_classes=10):\n    sys.exit(0)\n",
+    "src_exits_on_import.py": "import sys\nsys.exit(3)\n",
+    "src_forward_exits.py": "import sys\nfrom torch import nn\n\nclass Net(nn.Module):\n"
+                            "    def __init__(self, num_classes=10):\n        super().__init__()\n"
+                            "        self.conv = nn.Conv2d(3, 4, 1)\n\n"
+                            "    def forward(self, x):\n        sys.exit(0)\n",
 }
 # fmt: on
 
@@ -205,6 +213,13 @@ MODEL_SOURCE_CASES = [
          _model("src_cfg_fixed.py", model={"arch": "src_cfg_fixed:net"}), untouched=True),
     Case("untraceable model in a config", SEARCH, ("slices part of a tensor's channels",),
          _config(model={"arch": "timm:rexnet_100"}), untouched=True),
+    # the user's code ends the process: reported as the user's code, never a silent exit 0
+    Case("model callable that calls sys.exit", ("info", "src_exits:net"),
+         ("model source 'src_exits:net' called sys.exit(0) instead of returning a model",), _model("src_exits.py")),
+    Case("model module that exits when imported", ("allocate", "src_exits_on_import:net", "--macs", "0.5"),
+         ("importing 'src_exits_on_import' called sys.exit(3)",), _model("src_exits_on_import.py")),
+    Case("model whose forward calls sys.exit", ("info", "src_forward_exits:Net", "--input-size", "16"),
+         ("cannot trace 'src_forward_exits:Net': SystemExit: 0",), _model("src_forward_exits.py")),
 ]
 # fmt: on
 # fmt: off
@@ -294,7 +309,7 @@ CASES = [
     Case("study with a billion seeds", ("study", "granularity", "config.yaml", "--seeds", "1000000000"),
          ("--seeds must be from 1 to 100",), _config()),
     Case("ray address with nothing listening", (*SEARCH, "--address", f"127.0.0.1:{_free_port()}"),
-         ("nothing answers there",), _config()),
+         ("nothing answers there",), _config(), untouched=True),
     Case("export of a run that has no weights", ("export", "RUN_ID", "--format", "onnx"),
          ("has no final weights",), _run_without_weights),
     Case("export of an unknown run", ("export", "0123456789abcdef", "--format", "onnx"),
@@ -330,6 +345,38 @@ CASES = [
          ("space.expand: expand must be in [1, 16], got 1e+09",), _config(), untouched=True),
     Case("unreachable tracking URI", SEARCH, ("cannot reach MLflow tracking at http://127.0.0.1:",),
          _config(mlflow={"tracking_uri": f"http://127.0.0.1:{_free_port()}"}), subprocess=True),
+    # sizes this machine cannot hold (a 10**12-class head: 256 TB of weights, refused by any allocator)
+    Case("classes beyond any memory", ("info", "cifar_resnet20", "--num-classes", "1000000000000"),
+         ("not enough memory for what was asked", "fewer classes")),
+    # malformed values
+    Case("malformed CUDA device", (*TRAIN, "cifar_resnet20", "--device", "cuda:abc"),
+         ("device must be auto, cpu or cuda[:N], got 'cuda:abc'",)),
+    Case("plan JSON nested beyond recursion", ("train", "--plan", "plan.json", "--dataset", "digits"),
+         ("plan JSON nests deeper than a plan ever does",),
+         _files(**{"plan.json": '{"widths": ' + "[" * 100_000 + "]" * 100_000 + "}"})),
+    # accepted before, now refused: an empty config, a training subset without one image per class
+    Case("empty config file", SEARCH, ("config config.yaml is empty", "configs/quickstart.yaml"),
+         _files(**{"config.yaml": ""}), untouched=True),
+    Case("config of comments only", SEARCH, ("config config.yaml is empty",),
+         _files(**{"config.yaml": "# name: tiny\n"}), untouched=True),
+    Case("training subset below the number of classes", SEARCH,
+         ("data.train_subset: train_subset 5 is smaller than the 10 classes of digits",),
+         _config(data={"train_subset": 5}), untouched=True),
+    # tracking and storage locations that cannot be used: refused before anything is written
+    Case("SQLite store under a file", SEARCH, ("cannot open the MLflow tracking store at sqlite:///", "afile"),
+         lambda f: (_files(afile="x")(f), _config(mlflow={"tracking_uri": "sqlite:///afile/mlflow.db"})(f)),
+         untouched=True),
+    Case("file: tracking URI", SEARCH, ("mlflow.tracking_uri: MLflow 3 no longer writes its file store",),
+         _config(mlflow={"tracking_uri": "file:./mlruns"}), untouched=True),
+    Case("file: tracking URI in the environment", ("pareto", "--experiment", "x"),
+         ("MLFLOW_TRACKING_URI: MLflow 3 no longer writes its file store",), env={"MLFLOW_TRACKING_URI": "file:./m"},
+         untouched=True),
+    Case("storage path under a file", SEARCH, ("ray.storage_path: Tune cannot keep the search in afile/ray_results",
+         "is not a folder"), lambda f: (_files(afile="x")(f), _config(ray={"storage_path": "afile/ray_results"})(f)),
+         untouched=True),
+    # refused before MLflow is touched: no empty mlflow.db left behind
+    Case("trial larger than the machine", SEARCH, ("resources.cpu: each trial asks for 1000.0 CPUs, this machine has",),
+         _config(resources={"cpu": 1000}), untouched=True),
 ]
 # fmt: on
 
@@ -464,3 +511,62 @@ def test_output_directory_without_write_permission(workdir: Path) -> None:
     assert code == 2, err
     assert err.strip().startswith("precrop: error: cannot write locked/p.json"), err
     assert list(locked.iterdir()) == []
+
+
+# --- the same categories as properties: whatever the value, one error of the owner's type or a valid result ---
+
+DEVICE_TEXT = st.one_of(
+    st.text(max_size=12),
+    st.builds(
+        lambda kind, index: f"{kind}:{index}",
+        st.sampled_from(["cuda", "cpu", "mps", "cuda "]),
+        st.text(alphabet="0123456789abc-+ ", max_size=5),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(DEVICE_TEXT)
+def test_a_device_is_accepted_only_when_torch_reads_it_as_the_cpu_or_a_cuda_device(text: str) -> None:
+    import torch
+
+    from trainers.recipe import RecipeError, TrainConfig
+
+    try:
+        TrainConfig(device=text).validate()
+    except RecipeError as exc:
+        assert exc.field == "device" and len(str(exc).splitlines()) == 1
+        return
+    assert text == "auto" or torch.device(text).type in ("cpu", "cuda")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(JSON_VALUES.map(json.dumps), st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n),
+                 st.text(max_size=40)))  # fmt: skip
+def test_any_plan_text_is_a_plan_or_one_plan_error(text: str) -> None:
+    from precrop.width.plan import PlanError, WidthPlan
+
+    try:
+        WidthPlan.from_json(text)
+    except PlanError as exc:
+        assert len(str(exc).splitlines()) == 1, str(exc)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=10_000), st.integers(min_value=1, max_value=10_000))
+def test_a_training_subset_is_refused_exactly_when_it_lacks_one_image_per_class(subset: int, classes: int) -> None:
+    from trainers.datasets import DataError, DataRequest
+
+    request = DataRequest("digits", train_subset=subset)
+    if subset >= classes:
+        request.check_subset(classes)
+        return
+    with pytest.raises(DataError, match=f"^train_subset {subset} is smaller than the {classes} classes of digits"):
+        request.check_subset(classes)

@@ -128,6 +128,12 @@ class DataRequest:
         if self.image_size is not None and self.image_size < 1:
             raise DataError(f"image_size must be positive, got {self.image_size}")
 
+    def check_subset(self, num_classes: int) -> None:
+        """Raise DataError when `train_subset` cannot hold one training image of each of `num_classes`."""
+        if self.train_subset is not None and self.train_subset < num_classes:
+            raise DataError(f"train_subset {self.train_subset} is smaller than the {num_classes} classes of "
+                            f"{self.name}: every class needs at least one training image")  # fmt: skip
+
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): `fraction` of every class held out (at least one per class), seeded."""

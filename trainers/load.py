@@ -19,6 +19,7 @@ def load_dataset(request: DataRequest) -> DataSet:
     if request.name not in LOADERS:
         raise DataError(f"unknown data set {request.name!r}; valid: {', '.join(sorted(LOADERS))}")
     data = LOADERS[request.name](request)
+    request.check_subset(data.num_classes)
     if request.train_subset is not None and request.train_subset < len(data.train):
         labels = split_labels(data.train)
         _, kept = stratified_split(labels, request.train_subset / len(labels), request.seed + 1)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from precrop.errors import FieldError, shown
 
 SCHEDULES = ("cosine", "onecycle")
+# the devices training runs on: torch.device parses more (mps, xpu, ...), none of which this trainer supports
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 
 class RecipeError(FieldError):
@@ -57,7 +60,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             choices = ", ".join(SCHEDULES)
             raise RecipeError(f"schedule must be one of {choices}, got {shown(self.schedule)}", field="schedule")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not DEVICE.fullmatch(self.device):
             raise RecipeError(f"device must be auto, cpu or cuda[:N], got {shown(self.device)}", field="device")
         if self.workers < 0:
             raise RecipeError(f"workers must be >= 0, got {shown(self.workers)}", field="workers")

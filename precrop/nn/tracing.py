@@ -153,7 +153,7 @@ def trace_layer_table(
             verify_table(table, model)
     except TracingError:
         raise
-    except Exception as exc:  # torch-pruning, or the model's own forward, failing on an exotic model
+    except (Exception, SystemExit) as exc:  # torch-pruning, or the model's own forward (even sys.exit), failing
         raise TracingError(f"cannot trace {shown(arch)}: {first_line(exc)}") from exc
     return table
 

@@ -131,6 +131,8 @@ class WidthPlan:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanError(f"plan is not valid JSON: {exc}") from exc
+        except RecursionError:  # json reads nested arrays and objects by recursion
+            raise PlanError("plan JSON nests deeper than a plan ever does") from None
         if not isinstance(data, dict):
             raise PlanError("plan JSON must be an object")
         return cls.from_dict(data)

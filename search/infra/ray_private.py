@@ -50,6 +50,15 @@ def no_idle_worker_prestart() -> dict[str, object]:
     return {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
+def embedded_ray_cpus() -> float:
+    """The CPUs an embedded Ray on this machine will offer: Ray 2.60's `ray._private.utils.get_num_cpus`, which
+    honours container CPU limits (cgroups) that `os.cpu_count()` ignores. Asked before Ray starts, so a
+    search that cannot fit is refused before anything is written; no public API answers without starting Ray."""
+    import ray._private.utils as ray_utils
+
+    return float(ray_utils.get_num_cpus())
+
+
 def experiment_state_saved(path: str) -> bool:
     """Whether Tune saved a readable experiment state (its trials, searcher and callbacks) in the experiment
     folder `path` (local or a URI), as `TuneController.resume` looks for one: Ray 2.60's

@@ -151,13 +151,14 @@ def client_for(uri: str, create: bool = True) -> MlflowClient:
     """
     if not create:
         require_existing_store(uri)
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)  # a SQLite store is opened (its folder made) right here
         with probe_settings():
             client.search_experiments(max_results=1)
     except Exception as exc:  # connection refused, bad database URI, a server that never answers, ...
         message = redact_uri(first_line(exc))
-        raise TrackingError(f"cannot reach MLflow tracking at {redact_uri(uri)}: {message}") from exc
+        verb = "open the MLflow tracking store" if local_store_path(uri) is not None else "reach MLflow tracking"
+        raise TrackingError(f"cannot {verb} at {redact_uri(uri)}: {message}") from exc
     return client
 
 

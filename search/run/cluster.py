@@ -36,9 +36,17 @@ class RayStarted:
             self.reaper.stop()
 
 
-def init_ray(config: ExperimentConfig) -> RayStarted:
-    """Start an embedded Ray (and its watchdog) or join a cluster."""
-    address = ray_address(config)
+def check_ray_can_run(config: ExperimentConfig, address: str | None) -> None:
+    """What can be checked before Ray starts (and before MLflow is touched): a cluster address must answer,
+    and a trial must fit the CPUs an embedded Ray will have (trial_resources checks again once Ray is up)."""
+    if address is not None and address != "auto" and not _answers(address):
+        raise _nothing_answers(address)
+    if address is None and config.resources.cpu > (cpus := ray_private.embedded_ray_cpus()):
+        raise _too_many_cpus(config.resources.cpu, cpus)
+
+
+def init_ray(config: ExperimentConfig, address: str | None) -> RayStarted:
+    """Start an embedded Ray (and its watchdog) or join the cluster at `address` (from `ray_address`)."""
     runtime_env = worker_runtime_env(config.model.arch) or None
     if address is not None:
         _join_ray(config, address, runtime_env)
@@ -66,8 +74,7 @@ def _join_ray(config: ExperimentConfig, address: str, runtime_env: dict[str, Any
     try:
         if address != "auto" and not _answers(address):
             # Ray would retry (this machine's other addresses too) for minutes before giving up
-            raise ConfigError(f"ray.address {address!r}: nothing answers there (is the cluster up? `ray start --head` "
-                              "prints its address; pass --address local for an embedded Ray)")  # fmt: skip
+            raise _nothing_answers(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=runtime_env)
     except BaseException as exc:
         failure = _init_failed(config, address, runtime_env, exc)
@@ -181,8 +188,17 @@ def trial_resources(config: ExperimentConfig, embedded: bool) -> dict[str, float
         _wait_for_gpus(config.ray.gpu_wait_s, resources["gpu"])
     available = ray.cluster_resources().get("CPU", 0)
     if embedded and resources["cpu"] > available:
-        raise ConfigError(f"resources.cpu: each trial asks for {resources['cpu']} CPUs, this machine has {available}")
+        raise _too_many_cpus(resources["cpu"], available)
     return resources
+
+
+def _nothing_answers(address: str) -> ConfigError:
+    return ConfigError(f"ray.address {address!r}: nothing answers there (is the cluster up? `ray start --head` "
+                       "prints its address; pass --address local for an embedded Ray)")  # fmt: skip
+
+
+def _too_many_cpus(asked: float, available: float) -> ConfigError:
+    return ConfigError(f"resources.cpu: each trial asks for {asked} CPUs, this machine has {available}")
 
 
 def _wait_for_gpus(timeout_s: float, per_trial: float) -> None:

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from precrop.errors import UserError
+from search.infra.storage import uncreatable_folder
 from search.record import tracking
 from search.record.records import SearchRecord, read_record, write_record
-from search.run.cluster import init_ray, trial_resources
+from search.run.cluster import check_ray_can_run, init_ray, ray_address, trial_resources
 from search.run.launch import Launch, choose_launch
 from search.run.summary import NOTHING_TRAINED, finish_search
 from search.run.tune_state import close_leftover_runs, unfinished_trials
 from search.spec.config import ConfigError, ExperimentConfig
 from search.spec.grid import Study
-from search.spec.locations import tracking_uri_of
+from search.spec.locations import storage_path_of, tracking_uri_of
 from search.spec.schema import RunStatus
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     started = time.perf_counter()
     tracking.bound_http_retries()
     preflight(config, study)
+    address = ray_address(config)
+    check_ray_can_run(config, address)  # before MLflow: a search Ray cannot run writes nothing
     uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
     launch = choose_launch(config, uri, resume, study)
     client = tracking.client_for(uri)
@@ -61,7 +64,7 @@ def run_search(config: ExperimentConfig, resume: bool = False, study: Study | No
     launch = launch.before_ray(client, experiment)
     # Ray is joined (and the resources checked) before a new search opens its parent run: a cluster
     # that cannot run it leaves nothing behind in MLflow
-    ray_started = init_ray(config)
+    ray_started = init_ray(config, address)
     record: SearchRecord | None = None
     try:
         resources = trial_resources(config, ray_started.embedded)
@@ -143,7 +146,14 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
     from search.spec.space import allocation_request, data_request
     from trainers.load import load_dataset
 
+    root = storage_path_of(config)
+    if (why := uncreatable_folder(root)) is not None:
+        raise ConfigError(f"ray.storage_path: Tune cannot keep the search in {root[:200]}: {why}")
     loaded = load_dataset(data_request(config, "shape"))
+    try:
+        data_request(config).check_subset(loaded.num_classes)
+    except UserError as exc:
+        raise ConfigError(f"data.train_subset: {exc}") from None
     table = layer_table(config.model.arch, loaded.num_classes, loaded.image_shape[1])
     space = config.space
     cells = study.points() if study else [(a, "", b) for a in space.allocators for b in space.budget]

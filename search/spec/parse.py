@@ -32,6 +32,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         raise ConfigError(f"config {where} {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where} is not valid YAML: {clip(str(exc).splitlines()[0], 160)}") from None
+    if raw is None and not overrides:  # an empty file (or only comments) would run every default unseen
+        raise ConfigError(f"config {where} is empty: it needs at least a name and the sections to change "
+                          "(configs/quickstart.yaml is a complete example)")  # fmt: skip
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -10,6 +10,7 @@ trial specs, so AllocationRequest.validate and TrainConfig.validate hold the one
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 from precrop.errors import UserError
@@ -103,10 +104,20 @@ def _validate_asha(asha: AshaConfig, epochs: int) -> None:
 
 
 def check_tracking_uri(uri: str, source: str) -> None:
+    """ConfigError naming `source` unless `uri` is a tracking store MLflow 3 writes to.
+
+    MLflow 3 refuses its file store (`file:`) with an exception unless MLFLOW_ALLOW_FILE_STORE=true."""
     _require(
         uri.startswith(("sqlite:", "http://", "https://", "file:", "postgresql", "mysql")),
         source,
         "must be sqlite:///FILE, http(s)://HOST:PORT or a database URI",
+    )
+    file_store_allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() == "true"
+    _require(
+        not uri.startswith("file:") or file_store_allowed,
+        source,
+        f"MLflow 3 no longer writes its file store ({shown(uri)}): use sqlite:///FILE (`mlflow migrate-filestore` "
+        "converts an old one) or set MLFLOW_ALLOW_FILE_STORE=true",
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from precrop.errors import clip
 from precrop.nn.zoo.inits import init_pytorch_default, init_timm_cnn, init_user_model
 from precrop.nn.zoo.spec import ArchSpec, ModelSourceError, UnknownArchError, first_line, shown
 
@@ -197,6 +198,8 @@ def _import_user_module(module_path: str, name: str) -> ModuleType:
         raise ModelSourceError(
             f"model source {shown(name)}: importing {shown(module_path)} failed: {first_line(exc)}"
         ) from None
+    except SystemExit as exc:
+        raise ModelSourceError(f"model source {shown(name)}: importing {shown(module_path)} {_exits(exc)}") from None
     except Exception as exc:  # the user's module raised while it was imported (a SyntaxError, anything)
         raise ModelSourceError(
             f"model source {shown(name)}: importing {shown(module_path)} failed: {first_line(exc)}"
@@ -221,11 +224,18 @@ def _call(target: Callable[..., object], name: str, kwargs: dict[str, int]) -> n
     """Call the user's constructor; whatever goes wrong is one line naming the source."""
     try:
         model = target(**kwargs)
+    except SystemExit as exc:
+        raise ModelSourceError(f"model source {shown(name)} {_exits(exc)} instead of returning a model") from None
     except Exception as exc:
         raise ModelSourceError(f"model source {shown(name)} raised {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelSourceError(f"model source {shown(name)} returned {type(model).__name__}, not a torch nn.Module")
     return model
+
+
+def _exits(exc: SystemExit) -> str:
+    """What the user's code did, for an error line: it called sys.exit (or raised SystemExit)."""
+    return f"called sys.exit({clip(repr(exc.code), 40)})"
 
 
 def _output_classes(model: nn.Module, name: str) -> int:

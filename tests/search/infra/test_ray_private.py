@@ -49,6 +49,16 @@ def test_read_ray_address_reads_the_file_ray_start_writes(tmp_path: Path, monkey
     assert ray_private.ray_start_address() is None
 
 
+def test_the_cpus_of_an_embedded_ray_are_counted_as_ray_counts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray._private.utils as ray_utils
+
+    _require(ray_utils, "get_num_cpus", "ray._private.utils")
+    cpus = ray_private.embedded_ray_cpus()
+    assert 1 <= cpus <= (os.cpu_count() or 1), f"{cpus} CPUs; {WRITTEN_AGAINST}"
+    monkeypatch.setenv("RAY_USE_MULTIPROCESSING_CPU_COUNT", "1")  # any override Ray honours, it honours here too
+    assert ray_private.embedded_ray_cpus() == float(ray_utils.get_num_cpus())
+
+
 # --- OptunaSearch's study and its bookkeeping of told trials ---
 
 

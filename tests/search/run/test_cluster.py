@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from search.run.cluster import _answers, init_ray
+from search.run.cluster import _answers, check_ray_can_run, init_ray, ray_address
 from search.spec.config import ConfigError
 from search.spec.parse import parse_config
 
@@ -40,5 +40,18 @@ def test_an_address_with_nothing_listening_is_one_config_error(form: str, monkey
     address = form.format(closed_port())
     config = parse_config({"ray": {"address": address}})
     with pytest.raises(ConfigError, match="nothing answers there") as error:
-        init_ray(config)
+        init_ray(config, ray_address(config))
     assert len(str(error.value).splitlines()) == 1 and address in str(error.value)
+    with pytest.raises(ConfigError, match="nothing answers there") as before:  # the check before MLflow is touched
+        check_ray_can_run(config, ray_address(config))
+    assert str(before.value) == str(error.value)
+
+
+def test_a_trial_larger_than_the_machine_is_refused_before_ray_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.infra import ray_private
+
+    monkeypatch.setattr(ray_private, "embedded_ray_cpus", lambda: 2.0)
+    with pytest.raises(ConfigError, match=r"^resources.cpu: each trial asks for 3.0 CPUs, this machine has 2.0$"):
+        check_ray_can_run(parse_config({"resources": {"cpu": 3}}), None)
+    check_ray_can_run(parse_config({"resources": {"cpu": 2}}), None)
+    check_ray_can_run(parse_config({"resources": {"cpu": 64}}), "auto")  # a cluster's CPUs are counted once joined

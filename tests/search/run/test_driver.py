@@ -32,7 +32,9 @@ def test_after_ctrl_c_the_trial_runs_are_closed_again_once_ray_is_down(monkeypat
     for name, stand_in in {
         "preflight": lambda config, study: None,
         "choose_launch": lambda config, uri, resume, study: launch,
-        "init_ray": lambda config: ray_started,
+        "ray_address": lambda config: None,
+        "check_ray_can_run": lambda config, address: None,
+        "init_ray": lambda config, address: ray_started,
         "trial_resources": lambda config, embedded: {"cpu": 1.0},
         "write_record": lambda record: None,
         "_announce": lambda config, record, launch: None,
