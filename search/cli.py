@@ -98,8 +98,9 @@ def _add_export_command(commands: argparse._SubParsersAction[OneLineErrorParser]
         "input size and returns logits; the run's mean/std normalization is inside the graph (runs logged "
         "before preprocess.json existed: the graph expects normalized input, and says so). See docs/deploy.md.",
     )  # fmt: skip
-    export.add_argument("run_id", metavar="RUN", help="a trial that trained to the end: RUN_ID, runs:/RUN_ID or "
-                        "runs:/RUN_ID/model")  # fmt: skip
+    export.add_argument("run_id", metavar="RUN", help="a trial that trained to the end: RUN_ID, runs:/RUN_ID, "
+                        "runs:/RUN_ID/model, or a registered version: models:/NAME@ALIAS, "
+                        "models:/NAME/VERSION")  # fmt: skip
     export.add_argument("--format", required=True, choices=("onnx", "pt2", "torchscript"),
                         help="onnx (dynamic batch, metadata_props), pt2 (torch.export + torch.export.save, dynamic "
                         "batch) or torchscript (traced; deprecated upstream, cannot be registered)")  # fmt: skip
@@ -252,15 +253,16 @@ def _run_pareto(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     """`precrop export RUN`: a run's deployable model to ONNX, pt2 or TorchScript, optionally registered."""
     from search.record import tracking
-    from search.record.models import check_registrable, parse_run_ref, register
+    from search.record.models import check_registrable, parse_model_ref, register, resolve_run
     from search.results.export import export_run, missing_preprocess_note
     from search.spec.locations import default_tracking_uri
 
-    run_id = parse_run_ref(args.run_id)
+    named = parse_model_ref(args.run_id)
     if args.register:
         check_registrable(args.format)
     uri = tracking.resolve_tracking_uri(args.tracking_uri or default_tracking_uri())
     client = tracking.client_for(uri, create=False)
+    run_id = resolve_run(client, named)
     done = export_run(client, run_id, args.format, args.output)
     if not done.normalized_in_graph:
         print(missing_preprocess_note(run_id), file=sys.stderr)

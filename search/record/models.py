@@ -57,7 +57,8 @@ def parse_run_ref(text: str) -> str:
     """The run id in `RUN_ID`, `runs:/RUN_ID` or `runs:/RUN_ID/model`; anything else is a one-line UserError."""
     if not text.startswith(RUNS_SCHEME):
         if ":" in text:  # models:/, s3://, file: ...: a run id never holds a colon
-            raise UserError(f"unsupported URI {shown(text)}: give a run as RUN_ID, runs:/RUN_ID or runs:/RUN_ID/model")
+            raise UserError(f"unsupported URI {shown(text)}: give a run as RUN_ID, runs:/RUN_ID or runs:/RUN_ID/model, "
+                            "or a registered version as models:/NAME@ALIAS or models:/NAME/VERSION")  # fmt: skip
         return _run_id(text, text)
     run_id, _, path = text[len(RUNS_SCHEME) :].partition("/")
     if path.strip("/") not in ("", Artifact.MODEL_DIR):
@@ -301,12 +302,53 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def registered_run(client: MlflowClient, name: str, alias: str) -> str:
-    """The run id behind `models:/NAME@ALIAS` (the trial whose export was registered)."""
+MODELS_SCHEME = "models:/"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a user names to load or export: a run (`run_id`) or a registered version (`name` with its
+    `alias` or its `version` number), read from the text alone, before MLflow is asked."""
+
+    run_id: str | None = None
+    name: str | None = None
+    alias: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.run_id is not None:
+            return self.run_id
+        tail = f"@{self.alias}" if self.alias else f"/{self.version}"
+        return f"{MODELS_SCHEME}{self.name}{tail}"
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """RUN_ID, runs:/RUN_ID[/model], models:/NAME@ALIAS or models:/NAME/VERSION (as MLflow writes them);
+    anything else is a one-line UserError."""
+    if not text.startswith(MODELS_SCHEME):
+        return ModelRef(run_id=parse_run_ref(text))
+    body = text[len(MODELS_SCHEME) :]
+    name, at, alias = body.partition("@")
+    if at and name and alias and "/" not in name + alias:
+        return ModelRef(name=name, alias=alias)
+    name, slash, version = body.partition("/")
+    if slash and name and version.isdigit() and int(version) > 0:
+        return ModelRef(name=name, version=version)
+    raise UserError(f"unsupported model URI {shown(text)}: give models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def resolve_run(client: MlflowClient, ref: ModelRef) -> str:
+    """The run id `ref` names: its own, or that of the registered version (the trial whose export it is)."""
+    if ref.run_id is not None:
+        return ref.run_id
+    name = str(ref.name)
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        if ref.alias is not None:
+            version = client.get_model_version_by_alias(name, ref.alias)
+        else:
+            version = client.get_model_version(name, str(ref.version))
     except Exception as exc:
-        raise UserError(f"no registered model version {shown(name)}@{shown(alias)} at {client.tracking_uri}") from exc
+        raise UserError(f"no registered model version {shown(str(ref))} at {client.tracking_uri}") from exc
     if not version.run_id:
-        raise UserError(f"registered model {shown(name)}@{shown(alias)} names no run")
+        raise UserError(f"registered model version {shown(str(ref))} names no run")
     return str(version.run_id)

@@ -332,6 +332,23 @@ def test_mlflow_models_serve_answers_with_the_pytorch_logits(store: Store, regis
         server.wait(timeout=60)
 
 
+def test_export_takes_a_registered_version_by_alias_and_by_number(
+    store: Store, registered: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+
+    number = store.client.get_model_version_by_alias("digits-small", "candidate").version
+    for ref in (registered, f"models:/digits-small/{number}"):
+        out = tmp_path / f"{ref.rsplit('/', 1)[-1]}.onnx"
+        assert _export(store, ref, "onnx", out) == 0, capsys.readouterr().err
+        metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert metadata["precrop.run_id"] == store.run_id, ref  # the registered trial's own model
+    assert _export(store, "models:/digits-small@nope", "onnx", tmp_path / "x.onnx") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "precrop: error: no registered model version 'models:/digits-small@nope'"
+    )
+
+
 def test_search_load_reads_a_run_a_registered_alias_and_a_folder(store: Store, registered: str, tmp_path: Path) -> None:
     import precrop
     import search
@@ -339,7 +356,8 @@ def test_search_load_reads_a_run_a_registered_alias_and_a_folder(store: Store, r
     x = torch.from_numpy(_images(4, seed=9))
     with torch.no_grad():
         expected = store.model(x)
-    for ref in (f"runs:/{store.run_id}", f"runs:/{store.run_id}/model", store.run_id, registered):
+    by_version = f"models:/digits-small/{store.client.get_model_version_by_alias('digits-small', 'candidate').version}"
+    for ref in (f"runs:/{store.run_id}", f"runs:/{store.run_id}/model", store.run_id, registered, by_version):
         model, plan = search.load(ref, tracking_uri=store.uri)
         assert plan == store.plan, ref
         with torch.no_grad():
@@ -354,7 +372,9 @@ def test_search_load_reads_a_run_a_registered_alias_and_a_folder(store: Store, r
     ("ref", "message"),
     [
         ("models:/digits-small@nope", "no registered model version"),
-        ("models:/digits-small/3", "give models:/NAME@ALIAS"),
+        ("models:/digits-small/3", "no registered model version 'models:/digits-small/3'"),
+        ("models:/digits-small/latest", "give models:/NAME@ALIAS or models:/NAME/VERSION"),
+        ("models:/digits-small", "give models:/NAME@ALIAS or models:/NAME/VERSION"),
         ("s3://bucket/run", "unsupported URI"),
     ],
 )
