@@ -57,6 +57,58 @@ def test_launcher_yaml_layout(name: str) -> None:
     assert "--dashboard-host=127.0.0.1" in head_start
 
 
+NODE_CONFIG_SCHEMAS = {"aws.yaml": "ec2_run_instances.schema.json", "gcp.yaml": "gce_instance_insert.schema.json"}
+
+
+def _node_config_schema(name: str) -> dict[str, Any]:
+    import json
+
+    schema: dict[str, Any] = json.loads((Path(__file__).parent / "data" / NODE_CONFIG_SCHEMAS[name]).read_text())
+    return schema
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_every_node_config_has_the_shape_of_the_clouds_request(name: str) -> None:
+    """Ray's schema does not look inside node_config: the cloud's API would be the first to refuse it."""
+    import jsonschema
+
+    schema = _node_config_schema(name)
+    for node_type, spec in _load(name)["available_node_types"].items():
+        errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(spec["node_config"])]
+        assert not errors, (node_type, errors)
+
+
+def test_the_schema_refuses_the_gcp_scheduling_written_as_a_list() -> None:
+    """The shape of ray-project/ray#46248, which cluster/gcp.yaml had: the test data must catch it."""
+    import jsonschema
+
+    worker = copy.deepcopy(_load("gcp.yaml")["available_node_types"]["gpu_worker"]["node_config"])
+    worker["scheduling"] = [{"onHostMaintenance": "TERMINATE"}, {"provisioningModel": "SPOT"}]
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'object'"):
+        jsonschema.validate(worker, _node_config_schema("gcp.yaml"))
+
+
+def test_gcp_gpu_workers_act_as_rays_service_account_of_the_same_project() -> None:
+    import importlib.util
+
+    # the account Ray creates and gives the head (Ray 2.60: `RAY + "-sa-" + VERSION` in its GCP config),
+    # read from Ray's source: importing that module needs the Google client libraries of the cluster extra
+    spec = importlib.util.find_spec("ray.autoscaler._private.gcp.config")
+    assert spec is not None and spec.origin is not None
+    source = Path(spec.origin).read_text()
+    ray, version = (re.search(rf'^{k} = "([^"]+)"$', source, re.M) for k in ("RAY", "VERSION"))
+    assert ray is not None and version is not None, "Ray's GCP config no longer names its service account so"
+    config = _load("gcp.yaml")
+    worker = config["available_node_types"]["gpu_worker"]["node_config"]
+    expected = f"{ray[1]}-sa-{version[1]}@{config['provider']['project_id']}.iam.gserviceaccount.com"
+    assert worker["serviceAccounts"] == [
+        {"email": expected, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+    ]
+    scheduling = worker["scheduling"]
+    assert scheduling["provisioningModel"] == "SPOT" and scheduling["automaticRestart"] is False
+    assert scheduling["onHostMaintenance"] == "TERMINATE"  # GPUs cannot live-migrate
+
+
 def test_rayjob_runs_the_search_with_a_gpu_worker_group_and_an_internal_mlflow() -> None:
     documents = {doc["kind"]: doc for doc in yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text())}
     job = documents["RayJob"]
@@ -76,6 +128,26 @@ def test_rayjob_runs_the_search_with_a_gpu_worker_group_and_an_internal_mlflow()
     mlflow_args = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--artifacts-destination=/mlflow/artifacts" in mlflow_args
     assert any(arg.startswith("--allowed-hosts=") for arg in mlflow_args)
+
+
+def test_the_kuberay_mlflow_pod_can_write_its_volume_and_takes_concurrent_writers() -> None:
+    """The server runs as the image's user (UID 1000): without fsGroup the fresh volume is root's and MLflow
+    cannot create its store; the store is PostgreSQL (SQLite behind several server workers refuses writes
+    under load), reachable on the pod's loopback only, so trusting local connections needs no password."""
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text())}
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 1000
+    (postgres,) = pod["initContainers"]
+    assert postgres["restartPolicy"] == "Always" and "startupProbe" in postgres  # a native sidecar, ready first
+    assert postgres["args"] == ["-c", "listen_addresses=localhost"]
+    env = {e["name"]: e["value"] for e in postgres["env"]}
+    assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust" and "POSTGRES_PASSWORD" not in env
+    assert env["PGDATA"].startswith("/mlflow/")
+    (server,) = pod["containers"]
+    assert "--backend-store-uri=postgresql://mlflow@localhost:5432/mlflow" in server["command"]
+    mounts = {c["name"]: {m["mountPath"] for m in c["volumeMounts"]} for c in (postgres, server)}
+    assert mounts == {"postgres": {"/mlflow"}, "mlflow": {"/mlflow"}}
+    assert "--workers=2" in server["command"]
 
 
 def test_dockerfile_base_image_matches_the_pinned_ray() -> None:
