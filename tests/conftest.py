@@ -9,7 +9,9 @@ What makes that safe and worth it:
 - Each worker's PyTorch uses one thread. Workers that each spin two OpenMP threads on two cores fight
   over them, and the run took longer than a serial one (measured: docs/development.md).
 - Tests that start Ray run first: they are the longest and mostly wait (on Ray's start, on trial
-  processes), and the quick tests fill the cores around them instead of trailing behind.
+  processes), and the quick tests fill the cores around them instead of trailing behind. The memory test
+  (ten trials in one process, the longest of the opt-in run) goes first of all: collected last, it ran
+  alone at the end for three minutes.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ SHARED_SCOPES = {"class", "module", "package"}
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests that share a fixture (by module), then put the tests that start Ray first (a stable
-    sort: the order within each kind is kept)."""
+    """Group the tests that share a fixture (by module), then put the tests that start Ray first, the memory
+    test first of them (a stable sort: the order within each kind is kept)."""
     for item in items:
         group = _shared_fixture_group(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("ray") is None)
+    items.sort(key=lambda item: (item.get_closest_marker("ray") is None, item.get_closest_marker("memory") is None))
 
 
 def _shared_fixture_group(item: pytest.Item) -> str | None:
