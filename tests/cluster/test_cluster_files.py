@@ -63,7 +63,7 @@ NODE_CONFIG_SCHEMAS = {"aws.yaml": "ec2_run_instances.schema.json", "gcp.yaml": 
 def _node_config_schema(name: str) -> dict[str, Any]:
     import json
 
-    schema: dict[str, Any] = json.loads((Path(__file__).parent / "data" / NODE_CONFIG_SCHEMAS[name]).read_text())
+    schema: dict[str, Any] = json.loads((Path(__file__).parent / "api_shapes" / NODE_CONFIG_SCHEMAS[name]).read_text())
     return schema
 
 

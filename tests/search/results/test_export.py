@@ -203,7 +203,8 @@ def test_run_references(text: str, run_id: str) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("models:/digits@candidate", "unsupported URI 'models:/digits@candidate'"),
+        ("models:/digits/latest", "unsupported model URI 'models:/digits/latest'"),
+        ("models:/digits", "give models:/NAME@ALIAS or models:/NAME/VERSION"),
         ("s3://bucket/model", "unsupported URI"),
         ("runs:/abc123/plan", "unsupported run URI"),
         ("runs:/", "is not a run id"),
