@@ -236,7 +236,6 @@ def new_record(
     kind = f"-{study.kind}" if study else ""
     name = f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     path = _storage_root(config) + "/" + name
-    _make_storage_root(_storage_root(config))  # before the parent run: a root that cannot exist leaves no run
     parent = tracking.open_parent_run(client, experiment, name, path, redacted(config), study.kind if study else None)
     study_name = None
     if optuna_storage is not None:
@@ -286,18 +285,6 @@ def redacted(config: ExperimentConfig) -> dict[str, Any]:
     """The config as logged to MLflow: any password in a URI masked."""
     masked: dict[str, Any] = json.loads(tracking.redact_uri(json.dumps(config.to_dict())))
     return masked
-
-
-def _make_storage_root(root: str) -> None:
-    """Create Tune's storage root (local or a URI) if it is not there; ConfigError when it cannot be."""
-    from search.infra.storage import storage_filesystem
-
-    try:
-        fs, inner = storage_filesystem(root)
-        fs.create_dir(inner, recursive=True)
-    except OSError as exc:  # pyarrow's messages carry the path and the OS's reason
-        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"ray.storage_path: cannot create {root[:200]}: {said[:200]}") from None
 
 
 def _storage_root(config: ExperimentConfig) -> str:
