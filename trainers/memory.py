@@ -15,6 +15,7 @@ another trial calls `release_freed_memory` between trials. PyTorch's CPU allocat
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -69,6 +70,18 @@ def release_freed_memory() -> bool:
     gc.collect()
     libc = _glibc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+@functools.cache
+def freeze_startup_objects() -> None:
+    """Once per process: move every object alive now (the imported modules and their tables, about 430,000
+    objects in a trial process) out of the garbage collector's reach, so each later `gc.collect()` scans
+    only what trials made: 0.2 CPU-s a collection before, a few milliseconds after (measured in a process
+    with torch, MLflow, Ray Tune and cvxpy imported). Call it before anything that is freed later exists:
+    a frozen object is never collected (Python's `gc.freeze`; freeing by reference count still works)."""
+    gc.collect()
+    gc.freeze()
+    atexit.register(gc.unfreeze)  # at exit, collect them again: native bindings (triton's) warn of leaks otherwise
 
 
 def rss_mb() -> float | None:

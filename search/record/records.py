@@ -73,14 +73,19 @@ def write_record(record: SearchRecord) -> None:
 
 
 def read_record(search_dir: str) -> SearchRecord:
-    """The record of the search kept in `search_dir`; UserError when it holds none."""
-    fs, path = storage_filesystem(search_dir.rstrip("/"))
+    """The record of the search kept in `search_dir`; UserError when it holds none.
+
+    Its `path` is `search_dir`, not the one written inside: a search directory copied or moved (from a
+    cluster's bucket to a laptop, say) is read and updated where it is now, never where it was made."""
+    where = search_dir.rstrip("/")
+    fs, path = storage_filesystem(where)
     try:
         with fs.open_input_stream(f"{path}/{RECORD_FILE}") as stream:
             data = json.loads(stream.readall().decode())
-        return SearchRecord(**data)
+        record = SearchRecord(**data)
     except (OSError, ValueError, TypeError) as exc:  # TypeError: a JSON that is not a record
         raise UserError(f"{search_dir} is not a search directory (no readable {RECORD_FILE})") from exc
+    return dataclasses.replace(record, path=where if "://" in where else path)
 
 
 def tune_analysis(path: str) -> ExperimentAnalysis:

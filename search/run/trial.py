@@ -43,7 +43,7 @@ from trainers.checkpoint import Preprocess
 from trainers.datasets import DataRequest, DataSet
 from trainers.load import load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
-from trainers.memory import peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb
+from trainers.memory import freeze_startup_objects, peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     # Tune runs the next trial in this same process: what the last one freed goes back to the OS first
     # (trainers/memory.py says why a reused process otherwise grows by gigabytes)
     release_freed_memory()
+    freeze_startup_objects()  # the first trial: the imports; collections in this process then skip them
     reset_peak_rss()
     torch.set_num_threads(max(1, int(setup.cpus)))
     tracking.bound_http_retries()

@@ -4,6 +4,7 @@ Tune, and `precrop reconcile` re-logs them (into the same server once it is back
 from __future__ import annotations
 
 import copy
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
-from tests.search.conftest import TINY_CONFIG, run_precrop, search_env, write_config
+from tests.search.conftest import TINY_CONFIG, TinySearch, run_precrop, search_env, write_config
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
@@ -88,27 +89,49 @@ def _assert_same_metric_names(original: MlflowClient, relogged: MlflowClient, ex
         assert logged - again <= measured_by_the_trial, logged - again
 
 
-def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(tmp_path: Path) -> None:
-    """The worst case, a server that came back with an empty database: everything is logged again."""
-    write_config(tmp_path, _config("relog", trials=2))
-    first = run_precrop(tmp_path, "search", "config.yaml")
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    search_dir = _search_dir(tmp_path)
+def _assert_relogged_as_logged(original: MlflowClient, relogged: MlflowClient, experiment: str) -> None:
+    """Every trial run of `original` is in `relogged` once: same status and outcome, each epoch's metrics at
+    the same steps, the same plan and model artifacts; the parent is FINISHED with the front's plot."""
+    before = {r.data.tags["precrop.trial_id"]: r for r in _trial_runs(original, experiment)}
+    after = {r.data.tags["precrop.trial_id"]: r for r in _trial_runs(relogged, experiment)}
+    assert len(after) == len(_trial_runs(relogged, experiment)), "a trial was re-logged twice"
+    assert after.keys() == before.keys()
+    for trial, run in before.items():
+        again = after[trial]
+        assert (again.info.status, again.data.tags["precrop.outcome"]) == (run.info.status, run.data.tags["precrop.outcome"])
+        assert again.data.params["allocator"] == run.data.params["allocator"]
+        for key in ("val_acc", "train_loss", "val_loss", "macs"):
+            steps = [sorted(m.step for m in c.get_metric_history(r.info.run_id, key)) for c, r in ((original, run), (relogged, again))]
+            assert steps[0] == steps[1], (trial, key, steps)
+        files = [{f.path for d in ("plan", "model") for f in c.list_artifacts(r.info.run_id, d)}
+                 for c, r in ((original, run), (relogged, again))]  # fmt: skip
+        assert files[0] == files[1], (trial, files)
+    parents = [r for r in relogged.search_runs([next(iter(after.values())).info.experiment_id])
+               if r.data.tags.get("precrop.role") == "search"]  # fmt: skip
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "pareto.png" in {f.path for f in relogged.list_artifacts(parents[0].info.run_id)}
+    assert {r.data.tags.get("pareto") for r in after.values()} == {r.data.tags.get("pareto") for r in before.values()}
 
+
+def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(tmp_path: Path, tiny_search: TinySearch) -> None:
+    """The worst case, a server that came back with an empty database: everything is logged again (the
+    tiny search's trials: completed ones and ones ASHA stopped), and a second pass adds nothing."""
+    folder = Path(shutil.copytree(tiny_search.folder, tmp_path / "search"))  # reconcile records the new ids
+    assert "stopped early by ASHA" in tiny_search.output.stdout, "the tiny search no longer has a stopped trial"
+    search_dir = _search_dir(folder)
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
-    again = run_precrop(tmp_path, "reconcile", str(search_dir), "--tracking-uri", fresh)
+    again = run_precrop(folder, "reconcile", str(search_dir), "--tracking-uri", fresh)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "parent run is not in this MLflow" in again.stdout
-    assert "2 runs created" in again.stdout
-    _assert_fully_logged(MlflowClient(fresh), "relog", trials=2, epochs=EPOCHS)
-    _assert_same_metric_names(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), MlflowClient(fresh), "relog")
-
+    assert "4 runs created" in again.stdout
+    original = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    _assert_relogged_as_logged(original, MlflowClient(fresh), "tiny")
+    _assert_same_metric_names(original, MlflowClient(fresh), "tiny")
     # idempotent: a second pass finds nothing to add and the original store is already complete
-    third = run_precrop(tmp_path, "reconcile", str(search_dir), "--tracking-uri", fresh)
+    third = run_precrop(folder, "reconcile", str(search_dir), "--tracking-uri", fresh)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert "MLflow matches Tune for all 2 trials" in third.stdout
-    _assert_fully_logged(MlflowClient(fresh), "relog", trials=2, epochs=EPOCHS)
-    _assert_fully_logged(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "relog", trials=2, epochs=EPOCHS)
+    assert "MLflow matches Tune for all 4 trials" in third.stdout
+    _assert_relogged_as_logged(original, MlflowClient(fresh), "tiny")
 
 
 def test_reconcile_of_a_folder_that_is_no_search_is_one_line(tmp_path: Path) -> None:
