@@ -98,10 +98,12 @@ def _assert_relogged_as_logged(original: MlflowClient, relogged: MlflowClient, e
     assert after.keys() == before.keys()
     for trial, run in before.items():
         again = after[trial]
-        assert (again.info.status, again.data.tags["precrop.outcome"]) == (run.info.status, run.data.tags["precrop.outcome"])
+        assert again.info.status == run.info.status
+        assert again.data.tags["precrop.outcome"] == run.data.tags["precrop.outcome"]
         assert again.data.params["allocator"] == run.data.params["allocator"]
         for key in ("val_acc", "train_loss", "val_loss", "macs"):
-            steps = [sorted(m.step for m in c.get_metric_history(r.info.run_id, key)) for c, r in ((original, run), (relogged, again))]
+            steps = [sorted(m.step for m in c.get_metric_history(r.info.run_id, key))
+                     for c, r in ((original, run), (relogged, again))]  # fmt: skip
             assert steps[0] == steps[1], (trial, key, steps)
         files = [{f.path for d in ("plan", "model") for f in c.list_artifacts(r.info.run_id, d)}
                  for c, r in ((original, run), (relogged, again))]  # fmt: skip
