@@ -116,32 +116,43 @@ def search_runs(folder: Path, experiment: str) -> SearchRuns:
     return SearchRuns(client, found.experiment_id, by_role["search"], by_role["trial"])
 
 
+# the search that several test modules read: the shipped quickstart (8 trials, 8 epochs, 2 at a time, ASHA's
+# Pareto rungs), run once per test session
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
 @dataclass(frozen=True)
-class TinySearch:
-    """The one finished TINY_CONFIG search that the end-to-end and Optuna-storage tests read (experiment "tiny")."""
+class SharedSearch:
+    """The one finished quickstart search that the end-to-end, quickstart-front, Optuna-storage and
+    reconcile tests read (experiment "quickstart", 8 trials)."""
 
     folder: Path
     output: subprocess.CompletedProcess[str]
     runs: SearchRuns
 
+    @property
+    def trials(self) -> int:
+        """How many trials the config asked for."""
+        return int(yaml.safe_load(QUICKSTART.read_text())["search"]["trials"])
+
 
 @pytest.fixture(scope="session")
-def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> TinySearch:
-    """`python search.py tiny.yaml` of TINY_CONFIG in a fresh folder, run once per test session: every
-    default a new user gets (MLflow and Optuna in SQLite files beside the config, Tune's state in
-    ./ray_results), so no tracking, Optuna or storage variable of this shell may leak in. tests/conftest.py
-    keeps the tests that read it on one worker."""
+def quickstart_search(tmp_path_factory: pytest.TempPathFactory) -> SharedSearch:
+    """`python search.py quickstart.yaml` in a folder that holds only those two files, as `ray submit`
+    leaves it, run once per test session: every default a new user gets (MLflow and Optuna in SQLite files
+    beside the config, Tune's state in ./ray_results), so no tracking, Optuna or storage variable of this
+    shell may leak in. tests/conftest.py keeps the tests that read it on one worker."""
     from search.spec.config import OPTUNA_STORAGE_ENV
 
     folder = tmp_path_factory.mktemp("search")
     copy_search_script(folder)
-    write_config(folder, TINY_CONFIG, "tiny.yaml")
-    assert sorted(p.name for p in folder.iterdir()) == ["search.py", "tiny.yaml"]
+    shutil.copy(QUICKSTART, folder / "quickstart.yaml")
+    assert sorted(p.name for p in folder.iterdir()) == ["quickstart.yaml", "search.py"]
     with pytest.MonkeyPatch.context() as patch:
         for name in (OPTUNA_STORAGE_ENV, "MLFLOW_TRACKING_URI", "PRECROP_STORAGE_PATH"):
             patch.delenv(name, raising=False)
-        output = run_search_script(folder, "tiny.yaml")
+        output = run_search_script(folder, "quickstart.yaml", timeout=900)
     assert output.returncode == 0, output.stdout[-3000:] + output.stderr[-3000:]
-    runs = search_runs(folder, "tiny")
+    runs = search_runs(folder, "quickstart")
     assert len(runs.parents) == 1
-    return TinySearch(folder, output, runs)
+    return SharedSearch(folder, output, runs)

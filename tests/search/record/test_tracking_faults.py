@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
-from tests.search.conftest import TINY_CONFIG, TinySearch, run_precrop, search_env, write_config
+from tests.search.conftest import TINY_CONFIG, SharedSearch, run_precrop, search_env, write_config
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
@@ -115,25 +115,27 @@ def _assert_relogged_as_logged(original: MlflowClient, relogged: MlflowClient, e
     assert {r.data.tags.get("pareto") for r in after.values()} == {r.data.tags.get("pareto") for r in before.values()}
 
 
-def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(tmp_path: Path, tiny_search: TinySearch) -> None:
+def test_reconcile_relogs_a_whole_search_into_an_empty_tracking_store(
+    tmp_path: Path, quickstart_search: SharedSearch
+) -> None:
     """The worst case, a server that came back with an empty database: everything is logged again (the
-    tiny search's trials: completed ones and ones ASHA stopped), and a second pass adds nothing."""
-    folder = Path(shutil.copytree(tiny_search.folder, tmp_path / "search"))  # reconcile records the new ids
-    assert "stopped early by ASHA" in tiny_search.output.stdout, "the tiny search no longer has a stopped trial"
+    quickstart's trials: completed ones and ones ASHA stopped), and a second pass adds nothing."""
+    folder = Path(shutil.copytree(quickstart_search.folder, tmp_path / "search"))  # reconcile records new ids
+    assert "stopped early by ASHA" in quickstart_search.output.stdout, "the search no longer has a stopped trial"
     search_dir = _search_dir(folder)
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     again = run_precrop(folder, "reconcile", str(search_dir), "--tracking-uri", fresh)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "parent run is not in this MLflow" in again.stdout
-    assert "4 runs created" in again.stdout
+    assert "8 runs created" in again.stdout
     original = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    _assert_relogged_as_logged(original, MlflowClient(fresh), "tiny")
-    _assert_same_metric_names(original, MlflowClient(fresh), "tiny")
+    _assert_relogged_as_logged(original, MlflowClient(fresh), "quickstart")
+    _assert_same_metric_names(original, MlflowClient(fresh), "quickstart")
     # idempotent: a second pass finds nothing to add and the original store is already complete
     third = run_precrop(folder, "reconcile", str(search_dir), "--tracking-uri", fresh)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert "MLflow matches Tune for all 4 trials" in third.stdout
-    _assert_relogged_as_logged(original, MlflowClient(fresh), "tiny")
+    assert "MLflow matches Tune for all 8 trials" in third.stdout
+    _assert_relogged_as_logged(original, MlflowClient(fresh), "quickstart")
 
 
 def test_reconcile_of_a_folder_that_is_no_search_is_one_line(tmp_path: Path) -> None:

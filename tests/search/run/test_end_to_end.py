@@ -1,5 +1,6 @@
-"""A real search on digits (4 trials, 2 epochs), run as `ray submit` runs it: search.py alone in an
-empty directory. Then the MLflow structure, artifacts, tags, printed front, `pareto` and `export`."""
+"""The quickstart search (8 trials on digits), run as `ray submit` runs it: search.py alone in an otherwise
+empty directory (the shared `quickstart_search`). Then the MLflow structure, artifacts, tags, printed front,
+`pareto` and `export`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,7 @@ import torch
 from mlflow import MlflowClient
 
 from search.record.models import load_run_bundle, load_run_model
-from tests.search.conftest import (
-    TinySearch,
-    run_precrop,
-)
+from tests.search.conftest import SharedSearch, run_precrop
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
@@ -28,6 +26,8 @@ pytestmark = pytest.mark.ray  # starts a local Ray instance
 class Finished:
     folder: Path
     output: subprocess.CompletedProcess[str]
+    trials: int
+    epochs: int
     client: MlflowClient
     experiment_id: str
     parent: object
@@ -39,18 +39,20 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_search: TinySearch) -> Finished:
-    runs = tiny_search.runs
+def finished(quickstart_search: SharedSearch) -> Finished:
+    search, runs = quickstart_search, quickstart_search.runs
+    epochs = 8  # configs/quickstart.yaml's space.epochs
     return Finished(
-        tiny_search.folder, tiny_search.output, runs.client, runs.experiment_id, runs.parents[0], runs.children
-    )
+        search.folder, search.output, search.trials, epochs, runs.client, runs.experiment_id, runs.parents[0],
+        runs.children,
+    )  # fmt: skip
 
 
 def test_one_parent_and_one_finished_child_per_trial(finished: Finished) -> None:
     parent = finished.parent
     assert parent.info.status == "FINISHED"  # type: ignore[attr-defined]
-    assert len(finished.children) == 4
-    assert len({c.data.tags["precrop.trial_id"] for c in finished.children}) == 4  # type: ignore[attr-defined]
+    assert len(finished.children) == finished.trials == 8
+    assert len({c.data.tags["precrop.trial_id"] for c in finished.children}) == 8  # type: ignore[attr-defined]
     for child in finished.children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id  # type: ignore[attr-defined]
         assert child.info.status in ("FINISHED", "KILLED")  # never RUNNING  # type: ignore[attr-defined]
@@ -67,22 +69,22 @@ def test_children_log_params_plan_metrics_and_weights(finished: Finished) -> Non
         assert {"macs", "params", "latency_ms", "val_acc", "train_loss", "epoch"} <= set(metrics)
         plan_files = {f.path for f in client.list_artifacts(run_id, "plan")}
         assert plan_files == {"plan/plan.json", "plan/widths.txt"}
-        history = client.get_metric_history(run_id, "val_acc")
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "val_acc"))
         if child.info.status == "FINISHED":  # type: ignore[attr-defined]
-            assert [m.step for m in history] == [1, 2]
+            assert steps == list(range(1, finished.epochs + 1))
             model_files = {f.path for f in client.list_artifacts(run_id, "model")}
             assert model_files == {"model/plan.json", "model/model.pt", "model/preprocess.json"}
             plan, _ = load_run_model(client, run_id)
             assert plan.counted.macs == metrics["macs"] and plan.allocator == params["allocator"]
-        else:
-            assert [m.step for m in history] == [1]
+        else:  # stopped at a rung: every epoch up to it, once
+            assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) < finished.epochs
 
 
 def test_front_is_tagged_plotted_and_printed(finished: Finished) -> None:
     client = finished.client
     front = [c for c in finished.children if c.data.tags.get("pareto") == "true"]  # type: ignore[attr-defined]
     others = [c for c in finished.children if c.data.tags.get("pareto") == "false"]  # type: ignore[attr-defined]
-    assert front and len(front) + len(others) == 4
+    assert front and len(front) + len(others) == finished.trials
     for member in front:
         assert member.info.status == "FINISHED" and 0 <= member.data.metrics["test_acc"] <= 1  # type: ignore[attr-defined]
     stopped = [c for c in finished.children if c.info.status == "KILLED"]  # type: ignore[attr-defined]
@@ -97,7 +99,7 @@ def test_front_is_tagged_plotted_and_printed(finished: Finished) -> None:
 
 def test_pareto_command_recomputes_the_same_front(finished: Finished) -> None:
     result = run_precrop(
-        finished.folder, "pareto", "--experiment", "tiny", "--tracking-uri", "sqlite:///mlflow.db", "--json"
+        finished.folder, "pareto", "--experiment", "quickstart", "--tracking-uri", "sqlite:///mlflow.db", "--json"
     )
     assert result.returncode == 0, result.stderr
     front = {r["run_id"] for r in json.loads(result.stdout)}
@@ -112,7 +114,7 @@ def test_export_round_trip(finished: Finished, fmt: str) -> None:
     member = next(c for c in finished.children if c.data.tags["pareto"] == "true")  # type: ignore[attr-defined]
     run_id = member.info.run_id  # type: ignore[attr-defined]
     out = finished.folder / f"exported-{fmt}"
-    register = [] if fmt == "torchscript" else ["--register", f"tiny-{fmt}"]  # TorchScript: a file only
+    register = [] if fmt == "torchscript" else ["--register", f"quickstart-{fmt}"]  # TorchScript: a file only
     args = ["export", f"runs:/{run_id}", "--format", fmt, "-o", str(out), "--tracking-uri", finished.uri, *register]
     result = run_precrop(finished.folder, *args)
     assert result.returncode == 0, result.stderr
@@ -134,7 +136,7 @@ def test_export_round_trip(finished: Finished, fmt: str) -> None:
         got = torch.jit.load(str(out)).eval()(x).detach().numpy()
     assert np.abs(got - expected).max() <= 1e-4
     if register:
-        version = finished.client.get_model_version_by_alias(f"tiny-{fmt}", "candidate")
+        version = finished.client.get_model_version_by_alias(f"quickstart-{fmt}", "candidate")
         assert version.run_id == run_id
 
 

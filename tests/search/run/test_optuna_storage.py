@@ -38,7 +38,7 @@ from search.spec.parse import load_config, parse_config
 from tests.search.conftest import (
     EMPTY_TUNE_STATE,
     TINY_CONFIG,
-    TinySearch,
+    SharedSearch,
     copy_search_script,
     kill_search_when,
     run_search_script,
@@ -269,11 +269,14 @@ def _runs(folder: Path, experiment_name: str) -> tuple[Run, list[Run]]:
 
 
 @pytest.fixture(scope="module")
-def searched(tiny_search: TinySearch) -> Searched:
+def searched(quickstart_search: SharedSearch) -> Searched:
     """The shared search (tests/search/conftest.py): with no storage configured, its Optuna study is stored
     beside the config by default."""
     return Searched(
-        tiny_search.folder, tiny_search.output.stdout, tiny_search.runs.parents[0], tiny_search.runs.children
+        quickstart_search.folder,
+        quickstart_search.output.stdout,
+        quickstart_search.runs.parents[0],
+        quickstart_search.runs.children,
     )
 
 
@@ -294,7 +297,7 @@ def _study(searched: Searched) -> optuna.Study:
 @pytest.mark.ray
 def test_every_trial_is_stored_once_with_the_values_mlflow_holds(searched: Searched) -> None:
     study = _study(searched)
-    assert len(study.trials) == TINY_CONFIG["search"]["trials"] == len(searched.children)
+    assert len(study.trials) == 8 == len(searched.children)  # configs/quickstart.yaml's search.trials
     trials = _by_trial_id(study.trials)
     runs = {r.data.tags["precrop.trial_id"]: r for r in searched.children}
     assert trials.keys() == runs.keys()

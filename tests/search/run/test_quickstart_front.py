@@ -1,4 +1,5 @@
-"""The shipped quickstart, run as the README runs it, ends with a front that spans the cost range.
+"""The shipped quickstart (the shared `quickstart_search`, run by search.py, which is `precrop search`)
+ends with a front that spans the cost range.
 
 Guards the default Pareto-ranked rungs (search/run/scheduler.py) and the spread first budgets
 (search/spec/space.py); benchmarks/front_quality.py measures what they buy against the alternatives.
@@ -7,24 +8,20 @@ Guards the default Pareto-ranked rungs (search/run/scheduler.py) and the spread 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.search.conftest import ROOT, run_precrop
+from tests.search.conftest import SharedSearch, run_precrop
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
 
-def test_quickstart_front_spans_a_3x_macs_range_and_keeps_its_cheap_end(tmp_path: Path) -> None:
+def test_quickstart_front_spans_a_3x_macs_range_and_keeps_its_cheap_end(quickstart_search: SharedSearch) -> None:
     """The front's size is not asserted beyond two: the validation split has 143 images, so accuracies move in
     steps of 0.7 points and two trials often tie; which of them wins is decided by float rounding that differs
     between CPUs (the same code and versions gave a 3-member front on one machine and 2 on another, where
     budgets 0.19 and 0.31 both scored 95.80%). What the rungs must not do is delete the cheap end."""
-    done = run_precrop(tmp_path, "search", str(ROOT / "configs" / "quickstart.yaml"), timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    shown = run_precrop(tmp_path, "pareto", "--experiment", "quickstart", "--json")
+    shown = run_precrop(quickstart_search.folder, "pareto", "--experiment", "quickstart", "--json")
     assert shown.returncode == 0, shown.stderr
     front = json.loads(shown.stdout)
     macs = sorted(member["macs"] for member in front)
@@ -32,11 +29,8 @@ def test_quickstart_front_spans_a_3x_macs_range_and_keeps_its_cheap_end(tmp_path
     assert macs[-1] >= 3 * macs[0], macs
     assert all(member["status"] == "FINISHED" for member in front)
     # every trial ended: trained to the end, or stopped at a rung (never left running)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("quickstart")
-    assert experiment is not None
-    trials = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("precrop.role") == "trial"]
-    assert len(trials) == 8
+    trials = quickstart_search.runs.children
+    assert len(trials) == quickstart_search.trials == 8
     assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"}
     # the cheap end survived the rungs: three or more trials trained to the end, the cheapest of them on the front
     completed = sorted(r.data.metrics["macs"] for r in trials if r.data.metrics.get("epoch") == 8)
