@@ -39,16 +39,17 @@ for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 TRACKING_FAILURES: tuple[type[BaseException], ...] = (MlflowException, RequestException, OSError)
 # OSError numbers of local storage trouble (see local_file_error); ENOENT and EACCES come as their subclasses
 _FILE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP})
-# MLflow retries a failed request 7 times with doubling waits (about 4 minutes) by default; a search
-# that lost its server should notice in seconds and go on training (`precrop reconcile` re-logs later)
+# MLflow retries a failed request 7 times with doubling waits (about 4 minutes) and waits 120 s for an
+# answer by default. A server that accepts connections and never answers held a request 127 s under the
+# 3 x 30 s this used before (measured); now a metadata request gives up within 15 s: 2 attempts of 7 s
+# (urllib3 does not wait before the first retry; MLflow adds up to 1 s of jitter)
 BOUNDED_RETRIES = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "7",
 }
-# the first request to a tracking server (client_for): a server that accepts connections and never answers
-# held it 127 s under BOUNDED_RETRIES (4 attempts x 30 s + backoff, measured), so the probe gets 2 x 10 s
-PROBE_SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+# an artifact upload (a model's weights) may take longer to answer than a metadata request: its own timeout
+ARTIFACT_TIMEOUT_S = 120
 _PASSWORD_IN_URI = re.compile(r"(://[^/:@\s]+):[^@\s]+@")
 
 
@@ -57,27 +58,31 @@ class TrackingError(UserError):
 
 
 def bound_http_retries() -> None:
-    """Give up on an unreachable tracking server within about 10 s (unless the user set MLflow's own
-    MLFLOW_HTTP_REQUEST_* variables)."""
+    """Give up on a tracking server that does not answer within 15 s per request (unless the user set MLflow's
+    own MLFLOW_HTTP_REQUEST_* variables)."""
     for name, value in BOUNDED_RETRIES.items():
         os.environ.setdefault(name, value)
 
 
 @contextmanager
-def probe_settings() -> Iterator[None]:
-    """MLflow's HTTP settings for a first request (PROBE_SETTINGS), unless the user set other values; restored
-    after. The settings are process-wide environment variables, read by MLflow at every request."""
-    chosen = {k: v for k, v in PROBE_SETTINGS.items() if os.environ.get(k) in (None, BOUNDED_RETRIES.get(k))}
-    saved = {k: os.environ.get(k) for k in chosen}
-    os.environ.update(chosen)
+def request_timeout(seconds: int) -> Iterator[None]:
+    """MLflow's HTTP timeout set to `seconds` inside (unless the user chose their own), restored after.
+
+    MLflow reads it from the environment at every request, so it is process-wide: use it only where one
+    thread sends this process's requests (a trial's sender thread, the driver's main thread)."""
+    name = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+    saved = os.environ.get(name)
+    if saved not in (None, BOUNDED_RETRIES[name]):
+        yield
+        return
+    os.environ[name] = str(seconds)
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def redact_uri(text: str) -> str:
@@ -151,10 +156,10 @@ def client_for(uri: str, create: bool = True) -> MlflowClient:
     """
     if not create:
         require_existing_store(uri)
+    bound_http_retries()  # a server that accepts and never answers: one line within 15 s, not minutes
     try:
         client = MlflowClient(tracking_uri=uri)  # a SQLite store is opened (its folder made) right here
-        with probe_settings():
-            client.search_experiments(max_results=1)
+        client.search_experiments(max_results=1)
     except Exception as exc:  # connection refused, bad database URI, a server that never answers, ...
         message = redact_uri(first_line(exc))
         verb = "open the MLflow tracking store" if local_store_path(uri) is not None else "reach MLflow tracking"
@@ -271,8 +276,10 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
 
 
 def log_artifacts(client: MlflowClient, run_id: str, folder: str, artifact_path: str | None = None) -> None:
-    """Upload every file under `folder` to the run (under `artifact_path`, else at its root)."""
-    client.log_artifacts(run_id, folder, artifact_path=None if artifact_path is None else str(artifact_path))
+    """Upload every file under `folder` to the run (under `artifact_path`, else at its root), with the
+    longer ARTIFACT_TIMEOUT_S for an answer."""
+    with request_timeout(ARTIFACT_TIMEOUT_S):
+        client.log_artifacts(run_id, folder, artifact_path=None if artifact_path is None else str(artifact_path))
 
 
 def has_artifacts(client: MlflowClient, run_id: str, path: str) -> bool:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -34,6 +34,7 @@ from precrop.width.plan import WidthPlan
 from search.record import tracking
 from search.record.checkpoints import Resume, read_checkpoint, write_checkpoint_dir
 from search.record.run_logger import RunLogger, log_final, log_setup, setup_metrics, setup_params
+from search.record.sender import Sender
 from search.run.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models
 from search.spec.config import ExperimentConfig
 from search.spec.schema import Metric, Outcome, ResultKey, Tag
@@ -44,6 +45,13 @@ from trainers.datasets import DataRequest, DataSet
 from trainers.load import load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
 from trainers.memory import freeze_startup_objects, peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# how long a trial's end waits for its queued MLflow requests: a safety cap, as each request gives up on a
+# silent server by itself (15 s; an artifact upload, tracking.ARTIFACT_TIMEOUT_S)
+CLOSE_TIMEOUT_S = tracking.ARTIFACT_TIMEOUT_S + 30
 
 
 @dataclass(frozen=True)
@@ -82,21 +90,23 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     resume = read_checkpoint(tune.get_checkpoint())
-    log = RunLogger(tracking.lazy_client(setup.tracking_uri))
-    known = resume.run_id if resume else None
-    fresh = log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, known)
+    # every MLflow request of the trial goes through a background thread: training never waits on the server
+    log = RunLogger(tracking.lazy_client(setup.tracking_uri), sender=Sender(f"mlflow-{trial_id}"))
+    log.open(setup.experiment_id, setup.parent_run_id, trial_id, trial_name, resume.run_id if resume else None)
     trial: _Trial | None = None
     try:
         trial = _Trial(setup, TrialSpec.resolve(setup.config, sampled), log)
-        trial.run(resume, fresh)
+        trial.run(resume)
     except SystemExit:  # Tune stops a trial (ASHA) by raising SystemExit inside tune.report
         if trial is None or not trial.ended:
-            log.call("ending the run", tracking.end_run, Outcome.STOPPED, "stopped early by ASHA")
+            log.send("ending the run", tracking.end_run, Outcome.STOPPED, "stopped early by ASHA")
         raise
     except BaseException as exc:
         if trial is None or not trial.ended:
-            log.call("ending the run", tracking.end_run, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+            log.send("ending the run", tracking.end_run, Outcome.FAILED, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        log.close(CLOSE_TIMEOUT_S)  # a no-op when the trial closed it before its last report
 
 
 class _Trial:
@@ -115,30 +125,24 @@ class _Trial:
         self.last_checkpoint = -float("inf")
         self.rss_start_mb = rss_mb()
 
-    def run(self, resume: Resume | None, fresh: bool) -> None:
+    def run(self, resume: Resume | None) -> None:
         """Load the data, allocate, train (from `resume` when given) and report every epoch to Tune and MLflow."""
         data = self._load_data()
         table, plan, model = self._allocate(data)
         latency = resume.latency_ms if resume else self._latency(model, plan)
         costs: dict[str, float] = {Metric.MACS: float(plan.effective.macs), Metric.PARAMS: float(plan.effective.params),
                  Metric.LATENCY_MS: latency}  # fmt: skip
-        if fresh:
-            self._log_setup(plan, render_plan(plan, table), costs)
+        self._log_setup(plan, render_plan(plan, table), costs)  # into a run this attempt created only
         workers = max(0, int(self.setup.cpus) - 1)
         trainer = Trainer(model, data, dataclasses.replace(self.spec.recipe, workers=workers))
         if resume is not None:
             trainer.load_state(resume.state)
         self._tag_placement(str(trainer.device))
         epochs = trainer.config.epochs
-        # a retry resumes from its last checkpoint, which may be epochs behind what the run has logged:
-        # MLflow appends a second value at a logged step, so epochs already in the run are not logged again
-        earlier = None if fresh else self.log.call("reading logged epochs", tracking.logged_steps, Metric.VAL_ACC)
-        logged = earlier or set()
 
         def report(metrics: Metrics, state: TrainState) -> None:
             entered = time.perf_counter()
-            if int(metrics[Metric.EPOCH]) not in logged:
-                self.log.call("logging metrics", tracking.log_metrics, metrics, step=int(metrics[Metric.EPOCH]))
+            self.log.send_epoch(metrics, int(metrics[Metric.EPOCH]))  # queued: the server is never waited on
             last = int(metrics[Metric.EPOCH]) == epochs
             if last:
                 self._finish(plan, trainer, metrics)
@@ -151,7 +155,8 @@ class _Trial:
         self.training_started = time.perf_counter()
         outcome = trainer.run(report)
         if outcome.status == Outcome.DIVERGED:  # the trainer's own status, named alike
-            self.log.call("ending the run", tracking.end_run, Outcome.DIVERGED, outcome.reason)
+            self.log.send("ending the run", tracking.end_run, Outcome.DIVERGED, outcome.reason)
+            self.log.close(CLOSE_TIMEOUT_S)
             self.ended = True
             final = outcome.final
             tune.report(_plain({**final, ResultKey.ACCURACY: final.get(Metric.VAL_ACC, 0.0), **costs,
@@ -168,11 +173,15 @@ class _Trial:
 
     def _tag_placement(self, device: str) -> None:
         """Where this attempt runs (Ray node, host, device, process); a retry overwrites it and counts up."""
-        run = self.log.call("reading the run", tracking.get_run)
-        attempts = int(run.data.tags.get(Tag.ATTEMPTS, "0")) + 1 if run is not None else 1
-        tags = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
-                Tag.DEVICE: device, Tag.ATTEMPTS: str(attempts), Tag.WORKER_PID: str(os.getpid())}  # fmt: skip
-        self.log.call("tagging the run", tracking.set_tags, tags)
+        tags: dict[str, str] = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
+                Tag.DEVICE: device, Tag.WORKER_PID: str(os.getpid())}  # fmt: skip
+
+        def tag_attempt(client: MlflowClient, run_id: str) -> None:
+            run = tracking.get_run(client, run_id)
+            attempts = int(run.data.tags.get(Tag.ATTEMPTS, "0")) + 1
+            tracking.set_tags(client, run_id, {**tags, Tag.ATTEMPTS: str(attempts)})
+
+        self.log.send("tagging the run", tag_attempt)
 
     def _load_data(self) -> DataSet:
         return cached_dataset(data_request(self.config, "train"))
@@ -209,7 +218,7 @@ class _Trial:
         metrics = setup_metrics(plan, costs)
         if self.rss_start_mb is not None:
             metrics[Metric.WORKER_RSS_START_MB] = self.rss_start_mb
-        log_setup(self.log, setup_params(self.config, self.spec, plan), metrics, plan, widths_table)
+        log_setup(self.log, setup_params(self.config, self.spec, plan), metrics, plan, widths_table, only_new_run=True)
 
     def _finish(self, plan: WidthPlan, trainer: Trainer, last: Metrics) -> None:
         """Final weights (plan JSON + state_dict) and summary metrics; the run ends FINISHED."""
@@ -223,6 +232,9 @@ class _Trial:
             timings[Metric.WORKER_RSS_PEAK_MB] = peak
         log_final(self.log, plan, trainer.model.state_dict(), {Metric.FINAL_VAL_ACC: last[Metric.VAL_ACC], **timings},
                   int(last[Metric.EPOCH]), Preprocess.from_dataset(trainer.data))  # fmt: skip
+        # before the last report: the driver reads the finished run right after it (and re-logs it from
+        # Tune when this result says MLflow was lost)
+        self.log.close(CLOSE_TIMEOUT_S)
         self.ended = True
 
     def _report(self, result: dict[str, Any], state: TrainState | None, plan: WidthPlan, latency: float) -> None:

@@ -12,25 +12,26 @@ import pytest
 from search.record import tracking
 
 
-def test_probe_settings_apply_inside_and_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in {*tracking.PROBE_SETTINGS, *tracking.BOUNDED_RETRIES}:  # restored after the test
+def test_the_artifact_timeout_applies_inside_and_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in tracking.BOUNDED_RETRIES:  # restored after the test
         monkeypatch.delenv(name, raising=False)
-    with tracking.probe_settings():
-        assert {k: os.environ[k] for k in tracking.PROBE_SETTINGS} == tracking.PROBE_SETTINGS
-    assert not any(k in os.environ for k in tracking.PROBE_SETTINGS)
-    tracking.bound_http_retries()  # the searches' own bound is replaced for the probe, then put back
-    with tracking.probe_settings():
-        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+    with tracking.request_timeout(tracking.ARTIFACT_TIMEOUT_S):
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+    tracking.bound_http_retries()  # the metadata bound is replaced for the upload, then put back
+    with tracking.request_timeout(tracking.ARTIFACT_TIMEOUT_S):
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == tracking.BOUNDED_RETRIES["MLFLOW_HTTP_REQUEST_TIMEOUT"]
 
 
 def test_a_users_own_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    with tracking.probe_settings():
+    with tracking.request_timeout(tracking.ARTIFACT_TIMEOUT_S):
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
-        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    tracking.bound_http_retries()
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
 
 
 @pytest.fixture
@@ -57,16 +58,15 @@ def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
             conn.close()
 
 
-@pytest.mark.slow  # about 21 s: two attempts of 10 s each
+@pytest.mark.slow  # about 14 s: two attempts of 7 s each
 def test_a_server_that_never_answers_is_one_line_after_two_attempts(
     silent_server: tuple[str, list[socket.socket]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri, accepted = silent_server
-    for name in {*tracking.PROBE_SETTINGS, *tracking.BOUNDED_RETRIES}:  # restored after the test
+    for name in tracking.BOUNDED_RETRIES:  # restored after the test
         monkeypatch.delenv(name, raising=False)
-    tracking.bound_http_retries()
     with pytest.raises(tracking.TrackingError) as caught:
         tracking.client_for(uri)
     message = str(caught.value)
     assert message.startswith(f"cannot reach MLflow tracking at {uri}") and "\n" not in message
-    assert len(accepted) == 2  # one request and one retry: 2 x 10 s, where the searches' bound allows 4 x 30 s
+    assert len(accepted) == 2  # one request and one retry: 2 x 7 s (MLflow's defaults: 8 x 120 s)
