@@ -1,9 +1,10 @@
 """A trial's MLflow child run, logged so that losing the tracking server never stops training.
 
-Every request goes through `RunLogger.call`. The first one that fails (server gone, database locked
-for good) switches the logger off for the rest of the attempt: training goes on, Tune keeps every
-result and checkpoint, and the driver (or `precrop reconcile` once the server is back) re-logs what
-the run missed from them. Retrying each request would stall every epoch for MLflow's back-off.
+A trial sends every request through `RunLogger.send`, which queues it for the trial's background
+thread (search/record/sender.py): a server that is gone or silent delays no epoch, and gets what was
+queued once it answers again. What the trial's end could not send is named by `lost`; Tune keeps every
+result and checkpoint, and the driver (or `precrop reconcile` once the server is back) re-logs from them.
+The driver and the reconciliation call requests directly (`RunLogger.call`).
 
 What a trial's run logs (its setup, each epoch, its final model) is written here too, so that the trial
 and the reconciliation (search/record/reconcile.py) log the same names in the same way.

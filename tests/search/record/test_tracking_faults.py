@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from tests.cluster.conftest import START_MLFLOW, _script_env, free_port
 from tests.search.conftest import TINY_CONFIG, SharedSearch, run_precrop, search_env, write_config
+from tests.search.servers import HoldingProxy
 
 pytestmark = pytest.mark.ray  # starts a local Ray instance
 
@@ -221,4 +222,67 @@ def test_server_lost_mid_search_then_reconciled(tmp_path: Path) -> None:
         assert "re-logged from Tune" in relogged.stdout
         _assert_fully_logged(MlflowClient(server.url), "lost", trials=3, epochs=epochs)
     finally:
+        server.stop()
+
+
+def _checkpoints(folder: Path) -> int:
+    """How many epoch checkpoints a trial of the search has reported so far, at most (Tune uploads each as it
+    is reported, numbered from 0, and keeps only the newest)."""
+    numbers = [int(p.name.removeprefix("checkpoint_")) for p in folder.glob("ray_results/*/*/checkpoint_*")]
+    return max(numbers, default=-1) + 1
+
+
+@pytest.mark.slow  # about a minute each; the opt-in CI stage runs them
+@pytest.mark.parametrize("answers_again", [True, False], ids=["answers again mid-search", "silent to the end"])
+def test_a_server_silent_mid_search_holds_up_no_epoch_and_loses_nothing(tmp_path: Path, answers_again: bool) -> None:
+    """From the moment the first trial's run exists, the server accepts the trials' metric requests and
+    answers none: the trial still trains and stores its epochs, which it could not if any request waited on
+    the server. If the server answers again (MLflow's timeout raised to 10 minutes, so nothing gives up
+    before), everything queued reaches it and the search ends normally, every epoch logged once. If it stays
+    silent (precrop's own bound: 2 x 7 s a request), the search ends in one line, and `precrop reconcile`
+    fills the store once the server answers."""
+    server = _Server(tmp_path)
+    server.start()
+    # armed by the first trial run's creation (its tags: only trial runs carry a trial id)
+    proxy = HoldingProxy(server.port, hold=b"POST /api/2.0/mlflow/runs/log-batch", arm_marker=b'"precrop.trial_id"')
+    epochs = 4
+    config = _config("silent", trials=2, epochs=epochs)
+    config["ray"] = {"checkpoint_every_s": 0}  # a checkpoint per epoch: what the test watches
+    write_config(tmp_path, config)
+    env = {**search_env(), "MLFLOW_TRACKING_URI": proxy.url, "PRECROP_STORAGE_PATH": str(tmp_path / "ray_results")}
+    if answers_again:
+        env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "600"
+    search = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "search", "config.yaml"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        # every epoch but the last (whose report waits for the run's queued requests, see search/run/trial.py)
+        while _checkpoints(tmp_path) < epochs - 1:
+            assert search.poll() is None, "the search ended while the server was silent"
+            assert time.monotonic() < deadline, f"only {_checkpoints(tmp_path)} epochs stored while MLflow was silent"
+            time.sleep(0.2)
+        assert proxy.held >= 1 and _logged_epochs(server.database) == 0  # nothing got through meanwhile
+        if answers_again:
+            proxy.release()
+        stdout, stderr = search.communicate(timeout=400)
+    finally:
+        if search.poll() is None:
+            search.kill()
+        proxy.release(forward=answers_again)
+    try:
+        if answers_again:
+            assert search.returncode == 0, stdout[-3000:] + stderr[-3000:]
+            assert "cannot reach MLflow" not in stdout  # slow, not lost: nothing needed re-logging
+        else:
+            assert search.returncode == 2, stdout[-3000:] + stderr[-3000:]
+            assert "cannot reach MLflow since epoch" in stdout and "Traceback" not in stderr
+            last = stderr.strip().splitlines()[-1]
+            assert last.startswith(f"precrop: error: MLflow at {proxy.url} stopped answering"), stderr[-3000:]
+            relogged = run_precrop(tmp_path, "reconcile", str(_search_dir(tmp_path)), "--tracking-uri", proxy.url)
+            assert relogged.returncode == 0, relogged.stdout[-3000:] + relogged.stderr[-3000:]
+        _assert_fully_logged(MlflowClient(server.url), "silent", trials=2, epochs=epochs)
+    finally:
+        proxy.close()
         server.stop()
