@@ -243,6 +243,13 @@ def test_a_server_silent_mid_search_holds_up_no_epoch_and_loses_nothing(tmp_path
     fills the store once the server answers."""
     server = _Server(tmp_path)
     server.start()
+    try:
+        _silent_mid_search(tmp_path, server, answers_again)
+    finally:
+        server.stop()
+
+
+def _silent_mid_search(tmp_path: Path, server: _Server, answers_again: bool) -> None:
     # armed by the first trial run's creation (its tags: only trial runs carry a trial id)
     proxy = HoldingProxy(server.port, hold=b"POST /api/2.0/mlflow/runs/log-batch", arm_marker=b'"precrop.trial_id"')
     epochs = 4
@@ -285,4 +292,3 @@ def test_a_server_silent_mid_search_holds_up_no_epoch_and_loses_nothing(tmp_path
         _assert_fully_logged(MlflowClient(server.url), "silent", trials=2, epochs=epochs)
     finally:
         proxy.close()
-        server.stop()
