@@ -220,7 +220,6 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or record.tracking_uri
         if ":***@" in uri:
             raise UserError("the search's tracking URI was saved without its password: pass --tracking-uri")
-        tracking.bound_http_retries()
         client = tracking.client_for(uri)  # may be a fresh store: reconcile re-logs the whole search
         record = dataclasses.replace(with_parent_run(client, record), tracking_uri=uri)
         finish_search(client, record, record.experiment_config(), record.study_grid(), by_hand=True)

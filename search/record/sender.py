@@ -37,7 +37,6 @@ class _State:
     lost: str = ""  # the first failure not yet made good, or why requests were dropped
     dropped: int = 0
     closing: bool = False
-    abandoned: bool = False
 
 
 class Sender:
@@ -83,7 +82,6 @@ class Sender:
         self._thread.join(timeout)
         with self._state.lock:
             if self._thread.is_alive():  # a request still hangs: the server accepts but does not answer
-                self._state.abandoned = True
                 self._state.lost = self._state.lost or "the server did not answer before the trial ended"
             return not self._state.lost and not self._thread.is_alive()
 
@@ -98,7 +96,7 @@ class Sender:
                 continue
             while not self._send(what, request):
                 with self._state.lock:
-                    if self._state.closing or self._state.abandoned:
+                    if self._state.closing:
                         return  # closing and the server failed again: the rest stays for reconcile
                 self._wake.wait(self._retry_every_s)
 

@@ -33,7 +33,6 @@ def run_study_report(config: ExperimentConfig, kind: str, out_dir: str | None) -
     """Find the latest finished `kind` study of `config` in MLflow; print, log and write its tables."""
     if out_dir is not None:
         check_writable_dir(out_dir, "--out")
-    tracking.bound_http_retries()
     uri = tracking.resolve_tracking_uri(tracking_uri_of(config))
     client = tracking.client_for(uri, create=False)
     experiment = tracking.experiment_id(client, config.experiment_name, create=False)

@@ -17,20 +17,26 @@ def _recorder(sent: list[int], number: int) -> Callable[[], None]:
     return lambda: sent.append(number)
 
 
+class _Hanging:
+    """A request that hangs until `release` is set; `started` once it runs."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self) -> None:
+        self.started.set()
+        self.release.wait(WAIT_S)
+
+
 def test_submitting_never_waits_on_a_request_that_hangs() -> None:
-    release, started, sent = threading.Event(), threading.Event(), []
-
-    def hangs() -> None:
-        started.set()
-        release.wait(WAIT_S)
-
+    hangs, sent = _Hanging(), []
     sender = Sender(retry_every_s=0)
     sender.submit("first", hangs)
-    assert started.wait(WAIT_S)
+    assert hangs.started.wait(WAIT_S)
     for number in range(500):  # while the first request hangs, the trial queues on without waiting
         sender.submit(f"epoch {number}", _recorder(sent, number))
     assert sent == [] and sender.lost == ""
-    release.set()
+    hangs.release.set()
     assert sender.close(WAIT_S)
     assert sent == list(range(500))
 
@@ -78,19 +84,14 @@ def test_closing_stops_waiting_on_a_request_that_never_answers() -> None:
 
 
 def test_a_full_queue_drops_and_says_so_instead_of_blocking() -> None:
-    release, started, sent = threading.Event(), threading.Event(), []
-
-    def hangs() -> None:
-        started.set()
-        release.wait(WAIT_S)
-
+    hangs, sent = _Hanging(), []
     sender = Sender(queue_size=3)
     sender.submit("first", hangs)
-    assert started.wait(WAIT_S)
+    assert hangs.started.wait(WAIT_S)
     for number in range(5):
         sender.submit(f"epoch {number}", _recorder(sent, number))
     assert sender.lost == "epoch 3: more than 3 requests waited"
-    release.set()
+    hangs.release.set()
     assert not sender.close(WAIT_S)  # sent what it held, but two requests were dropped: reconcile re-logs
     assert sent == [0, 1, 2]
 

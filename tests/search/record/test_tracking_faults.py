@@ -184,16 +184,22 @@ def _logged_epochs(database: Path) -> int:
     return int(row[0] or 0)
 
 
+def _start_search(folder: Path, tracking_uri: str, **env: str) -> subprocess.Popen[str]:
+    """`precrop search config.yaml` in `folder`, logging to `tracking_uri`, Tune's state in folder/ray_results."""
+    env = {**search_env(), "MLFLOW_TRACKING_URI": tracking_uri, "PRECROP_STORAGE_PATH": str(folder / "ray_results"),
+           **env}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "search", "config.yaml"], cwd=folder, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
 def test_server_lost_mid_search_then_reconciled(tmp_path: Path) -> None:
     server = _Server(tmp_path)
     server.start()
     epochs = 4
     write_config(tmp_path, _config("lost", trials=3, epochs=epochs))
-    env = {**search_env(), "MLFLOW_TRACKING_URI": server.url, "PRECROP_STORAGE_PATH": str(tmp_path / "ray_results")}
-    search = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "search", "config.yaml"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    search = _start_search(tmp_path, server.url)
     try:
         deadline = time.monotonic() + 240
         while _logged_epochs(server.database) < 1:
@@ -256,13 +262,7 @@ def _silent_mid_search(tmp_path: Path, server: _Server, answers_again: bool) -> 
     config = _config("silent", trials=2, epochs=epochs)
     config["ray"] = {"checkpoint_every_s": 0}  # a checkpoint per epoch: what the test watches
     write_config(tmp_path, config)
-    env = {**search_env(), "MLFLOW_TRACKING_URI": proxy.url, "PRECROP_STORAGE_PATH": str(tmp_path / "ray_results")}
-    if answers_again:
-        env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "600"
-    search = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "search", "config.yaml"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    search = _start_search(tmp_path, proxy.url, **({"MLFLOW_HTTP_REQUEST_TIMEOUT": "600"} if answers_again else {}))
     try:
         deadline = time.monotonic() + 300
         # every epoch but the last (whose report waits for the run's queued requests, see search/run/trial.py)
