@@ -69,7 +69,8 @@ def experiment_state_saved(path: str) -> bool:
     Tune would restore as an experiment without trials. The searcher's files of the same save
     (`search_gen_state-<session>.json`, `searcher-state-<session>.pkl`) are copied the same way; seen empty
     beside a whole experiment state, Tune restored a searcher that never got its search space (Optuna's
-    study is None), and the resumed search failed at its first new trial. Both must be whole too.
+    study is None), and the resumed search failed at its first new trial. Both must be whole too, and so
+    must the callbacks' file (`callback-states-<session>.pkl`, the Pareto scheduler's rungs).
     """
     import json
 
@@ -86,7 +87,7 @@ def experiment_state_saved(path: str) -> bool:
             state = json.loads(stream.readall().decode())
         if not (isinstance(state, dict) and isinstance(state.get("trial_data"), list)):
             return False
-        return _searcher_state_whole(fs, inner)
+        return _session_files_whole(fs, inner)
     except (OSError, ValueError):
         return False
 
@@ -126,14 +127,17 @@ def restore_staged_experiment_state(path: str) -> str | None:
     return None
 
 
-def _searcher_state_whole(fs: pyarrow.fs.FileSystem, state_path: str) -> bool:
-    """Whether the searcher files saved with the experiment state `state_path` are absent (a grid: no
-    searcher) or whole pickles (Tune's `_atomic_save` writes both with cloudpickle, .json name or not)."""
+def _session_files_whole(fs: pyarrow.fs.FileSystem, state_path: str) -> bool:
+    """Whether the searcher and callback files saved with the experiment state `state_path` are absent (a
+    grid has no searcher; without a stateful callback Tune writes no callback file) or whole pickles
+    (Tune's `_atomic_save` writes them all with cloudpickle, .json name or not). Tune unpickles the newest
+    callback file on resume (`CallbackList.restore_from_dir`): one cut short fails the resume (EOFError)."""
     import pyarrow.fs
 
     folder, name = state_path.rsplit("/", 1)
     session = name.removeprefix("experiment_state-").removesuffix(".json")
-    for file in (f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl"):
+    names = (f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl", f"callback-states-{session}.pkl")
+    for file in names:
         info = fs.get_file_info(f"{folder}/{file}")
         if info.type == pyarrow.fs.FileType.File:
             with fs.open_input_stream(info.path) as stream:

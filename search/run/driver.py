@@ -210,9 +210,14 @@ def _fit(config: ExperimentConfig, record: SearchRecord, resources: dict[str, fl
 
     setup = TrialSetup(config, record.tracking_uri, record.experiment_id, record.parent_run_id, resources["cpu"])
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-    progress = ProgressAndRunCloser(record.tracking_uri, record.experiment_id, record.parent_run_id,
-                                    launch.trials, config.objectives.cost)  # fmt: skip
-    results = launch.tuner(trainable, record, [progress]).fit()
+    progress = ProgressAndRunCloser(
+        record.tracking_uri, record.experiment_id, record.parent_run_id, launch.trials, config.objectives.cost,
+        config.space.epochs, config.search.progress_every_s,
+    )  # fmt: skip
+    try:
+        results = launch.tuner(trainable, record, [progress]).fit()
+    finally:
+        progress.close_view()
     errored = {Path(results[i].path).name for i in range(len(results)) if results[i].error is not None}
     if len(results) < launch.trials or unfinished_trials(record.path, errored):
         raise KeyboardInterrupt  # Tune caught Ctrl-C (SIGINT), saved its state and returned early

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
 
 # keys that may differ between the original run and a resume
-RESUME_MAY_DIFFER = ("ray.address",)
+RESUME_MAY_DIFFER = ("ray.address", "search.progress_every_s")
 
 
 class Launch(ABC):

@@ -107,6 +107,7 @@ class SearchSettings:
     sampler: str = "tpe"
     seed: int = 0
     optuna_storage: str = "auto"
+    progress_every_s: float = 30.0  # off a terminal, a progress line at most this often (0: at every epoch)
 
 
 @dataclass(frozen=True)

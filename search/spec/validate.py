@@ -67,6 +67,8 @@ def validate(config: ExperimentConfig) -> None:
     if config.mlflow.tracking_uri is not None:
         check_tracking_uri(config.mlflow.tracking_uri, "mlflow.tracking_uri")
     _count("ray.max_failures", config.ray.max_failures, low=0)
+    progress = config.search.progress_every_s
+    _require(_finite(progress) and progress >= 0, "search.progress_every_s", "must be 0 (every epoch) or more seconds")
     every = config.ray.checkpoint_every_s
     _require(_finite(every) and every >= 0, "ray.checkpoint_every_s", "must be 0 (every epoch) or more seconds")
     wait = config.ray.gpu_wait_s

@@ -233,6 +233,24 @@ def test_a_searcher_state_cut_short_beside_a_whole_experiment_state_is_not_a_sav
     assert not ray_private.experiment_state_saved(str(tmp_path))
 
 
+def test_a_callback_state_cut_short_is_not_a_saved_state(tmp_path: Path) -> None:
+    """Seen in CI (test_pareto_rungs_survive_a_kill_and_resume, 2026-12-07): the kill left the callbacks'
+    file empty beside a whole experiment state; Tune's resume unpickles it and fails with EOFError."""
+    import ray.cloudpickle as cloudpickle
+    from ray.tune import Callback
+    from ray.tune.callback import CallbackList
+
+    session = "2026-12-07_18-10-16"
+    (tmp_path / f"experiment_state-{session}.json").write_text('{"trial_data": [], "runner_data": {}}')
+    callbacks = tmp_path / f"callback-states-{session}.pkl"
+    callbacks.write_bytes(b"")
+    with pytest.raises(EOFError):  # what Tune does with it (Ray 2.60): the reason for the check
+        CallbackList([Callback()]).restore_from_dir(str(tmp_path))
+    assert not ray_private.experiment_state_saved(str(tmp_path))
+    callbacks.write_bytes(cloudpickle.dumps({0: {"pareto_asha": {"rungs": {"1": {"a": 0.5}}}}}))
+    assert ray_private.experiment_state_saved(str(tmp_path))
+
+
 def _write_state(folder: Path, session: str, trials: list[str], searcher: bytes) -> None:
     """An experiment state of `trials` (each with its trial folder) and its searcher files, as Tune saves them."""
     folder.mkdir(parents=True, exist_ok=True)
