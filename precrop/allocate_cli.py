@@ -39,6 +39,7 @@ def request_from_args(args: argparse.Namespace) -> AllocationRequest:
     request = AllocationRequest(
         params=args.params, macs=macs, variant=args.variant, divisor=args.divisor,
         min_width=args.min_width, expand=args.expand, density_solver=args.solver, objective=args.objective,
+        keep=tuple(args.keep or ()),
     )  # fmt: skip
     request.validate()
     return request

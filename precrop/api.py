@@ -54,6 +54,7 @@ def crop(
     divisor: int = 8,
     min_width: int = 8,
     seed: int = 0,
+    keep: Sequence[str] = (),
     batches: Batches = (),
     source: str | None = None,
     init: Callable[[nn.Module], None] | None = init_pytorch_default,
@@ -64,8 +65,10 @@ def crop(
     the parameters (both may be given). `scale=S` with `expand=U` is PreConfig: a MACs budget of S x the
     dense cost, with every channel group allowed to grow to U x its width. `method` is a width method of
     the registry (synexp, uniform; pfs and prunenet score the model on `batches`); `objective` is what
-    synexp maximizes (`layer`, the paper's sum over layers, or `path`: each channel mask once per path). The copy is
-    re-initialized by `init` (every module's reset_parameters by default; None keeps the sliced weights).
+    synexp maximizes (`layer`, the paper's sum over layers, or `path`: each channel mask once per path).
+    `keep` names layers (module names or glob patterns, `["conv1", "fc"]`) whose every channel group stays at
+    its base width; the budget still counts them. The copy is re-initialized by `init` (every module's
+    reset_parameters by default; None keeps the sliced weights).
     `source` is recorded as the plan's `arch`: give the name the model can be rebuilt from
     (`torchvision:resnet18`, `timm:...`, `my.module:make_net`) if you want `precrop.load` to rebuild it
     without the dense model at hand.
@@ -80,7 +83,7 @@ def crop(
     num_classes = _num_classes(model, example_input)
     arch = source or default_source(model)
     table = trace_layer_table(copy.deepcopy(model), arch, shape[1], num_classes, verify=True)
-    request = _request(macs, params, scale, expand, divisor, min_width, objective)
+    request = _request(macs, params, scale, expand, divisor, min_width, objective, keep)
     probe = Probe(copy.deepcopy(model), tuple(batches), seed) if spec.needs_model else None
     plan = realize(method, table, request, probe).plan
     cropped = _resized_copy(model, table, plan)
@@ -172,14 +175,14 @@ def _num_classes(model: nn.Module, example_input: torch.Tensor) -> int:
 
 def _request(
     macs: float | None, params: float | None, scale: float | None, expand: float, divisor: int, min_width: int,
-    objective: str = "layer",
+    objective: str = "layer", keep: Sequence[str] = (),
 ) -> AllocationRequest:
     """The allocation request of crop's budget arguments (scale is PreConfig's name for a MACs budget)."""
     if scale is not None and macs is not None:
         raise UserError("give either scale or macs, not both (scale S means a MACs budget of S)")
     request = AllocationRequest(
         params=params, macs=scale if scale is not None else macs, divisor=divisor, min_width=min_width, expand=expand,
-        objective=objective,
+        objective=objective, keep=(keep,) if isinstance(keep, str) else tuple(keep),
     )
     request.validate()
     return request

@@ -82,6 +82,9 @@ def add_allocate_command(commands: argparse._SubParsersAction[OneLineErrorParser
                        "per path: depthwise convs and gate branches add nothing; see docs/method.md)")  # fmt: skip
     alloc.add_argument("--divisor", type=positive_int, default=8, help="widths are multiples of this")
     alloc.add_argument("--min-width", type=positive_int, default=8, help="no group narrower than this")
+    alloc.add_argument("--keep", action="append", metavar="LAYER", help="keep this layer's channel groups at base "
+                       "width (a module name or glob pattern such as 'layer4.*'; repeat for more); the budget "
+                       "still counts them")  # fmt: skip
     alloc.add_argument("--expand", type=float, default=1.0, help="PreConfig: groups may grow to U x base")
     alloc.add_argument("--scale", type=float, help="PreConfig: MACs budget = S x base (S may exceed 1)")
     solvers = density_solvers()

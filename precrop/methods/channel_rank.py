@@ -48,6 +48,7 @@ from precrop.width.allocate import (
 )
 from precrop.width.budget import fits, largest_fitting_count
 from precrop.width.costmodel import LayerTable
+from precrop.width.keep import with_kept
 from precrop.width.plan import WidthPlan
 from precrop.width.rounding import WidthBounds, round_widths, width_bounds
 
@@ -269,6 +270,7 @@ class PfsAllocator:
     def allocate(self, table: LayerTable, request: AllocationRequest, probe: Probe | None = None) -> WidthPlan:
         """Train the gates on the probe, then keep the highest gates within the budgets."""
         request.validate()
+        table = with_kept(table, request.keep)
         start = time.perf_counter()
         budgets, _ = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, shrink_bounds(table, request))

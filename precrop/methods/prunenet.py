@@ -30,6 +30,7 @@ from precrop.methods.channel_rank import (
 from precrop.methods.masks import check_scores
 from precrop.width.allocate import AllocationRequest, allocated_plan, budgets_and_bounds, require_floor_fits
 from precrop.width.costmodel import LayerTable
+from precrop.width.keep import with_kept
 from precrop.width.plan import WidthPlan
 
 PRUNENET_CAUSE = (
@@ -103,6 +104,7 @@ class PruneNetAllocator:
     def allocate(self, table: LayerTable, request: AllocationRequest, probe: Probe | None = None) -> WidthPlan:
         """Train briefly, score channels by Taylor importance per unit cost, keep the best within the budgets."""
         request.validate()
+        table = with_kept(table, request.keep)
         start = time.perf_counter()
         budgets, _ = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, shrink_bounds(table, request))

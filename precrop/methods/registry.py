@@ -25,6 +25,7 @@ from precrop.width.allocate import (
     require_floor_fits,
 )
 from precrop.width.costmodel import LayerTable
+from precrop.width.keep import with_kept
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,18 @@ def realize(name: str, table: LayerTable, request: AllocationRequest, probe: Pro
     """
     spec = method(name)
     if isinstance(spec, MaskSpec):
+        _refuse_keep(spec, request)
         return spec.factory().prune(table, request, _checked_probe(spec, probe))
     given = _checked_probe(spec, probe) if spec.needs_model else None
     return MaskResult(spec.factory().allocate(table, request, given), {})
+
+
+def _refuse_keep(spec: MaskSpec, request: AllocationRequest) -> None:
+    """Mask methods keep every width and mask weights layer by layer: `keep` (widths at base) means nothing
+    to them, so it is refused rather than silently ignored."""
+    if request.keep:
+        raise BudgetError(f"{spec.name} masks weights and keeps every width: keep applies to the width methods "
+                          f"({', '.join(WIDTH_METHODS)})", field="keep")  # fmt: skip
 
 
 def _checked_probe(spec: Method, probe: Probe | None) -> Probe:
@@ -136,9 +146,11 @@ def check_feasible(name: str, table: LayerTable, request: AllocationRequest) -> 
     if isinstance(spec, MaskSpec):
         from precrop.methods.masks import check_mask_request
 
+        _refuse_keep(spec, request)
         check_mask_request(table, request)
     elif spec.needs_model:
         request.validate()
+        table = with_kept(table, request.keep)
         budgets, bounds = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, bounds)
     else:

@@ -18,6 +18,7 @@ from precrop.errors import FieldError, shown
 from precrop.width.budget import over_budget
 from precrop.width.costmodel import Cost, LayerTable
 from precrop.width.density import CvxDensitySolver, DensityProblem, InfeasibleBudget, closed_form
+from precrop.width.keep import with_kept
 from precrop.width.mapping import VARIANTS, ChannelMapper, movable_groups
 from precrop.width.objective import OBJECTIVES, continuous_uniform, objective_terms
 from precrop.width.plan import WidthPlan
@@ -43,7 +44,8 @@ class AllocationRequest:
 
     PreCrop: expand = 1 and budgets in (0, 1]. PreConfig: expand > 1 lets groups grow up to
     expand x base, and budgets may exceed 1 (scale s: budget = s x base cost). `objective` picks the
-    SynExp sum SynExp maximizes (objective.py: `layer`, the paper's, or `path`).
+    SynExp sum SynExp maximizes (objective.py: `layer`, the paper's, or `path`). `keep` names layers
+    whose every channel group stays at base width; their cost still counts against the budgets.
     """
 
     params: float | None = None
@@ -55,6 +57,7 @@ class AllocationRequest:
     d_min: float = 0.01
     density_solver: str = "closed_form"
     objective: str = "layer"
+    keep: tuple[str, ...] = ()  # layer names or glob patterns whose channel groups stay at base width (keep.py)
 
     def validate(self) -> None:
         """Raise BudgetError for any value a user could get wrong, naming the field at fault."""
@@ -84,6 +87,8 @@ class AllocationRequest:
                 raise BudgetError(f"{name} must be a positive integer, got {shown(width)}", field=name)
         if not 0 < self.d_min <= 1:
             raise BudgetError(f"d_min must be in (0, 1], got {shown(self.d_min)}", field="d_min")
+        if isinstance(self.keep, str) or not all(isinstance(k, str) and k for k in self.keep):
+            raise BudgetError(f"keep must be a list of layer names or patterns, got {shown(self.keep)}", field="keep")
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -123,9 +128,11 @@ def require_floor_fits(
     metric = exceeded[0]
     need = getattr(floor, metric) / getattr(base, metric)
     which = "" if movable is None else f" of the {request.variant!r} mapping (it keeps residual widths at base)"
+    kept = f", with the kept layers ({', '.join(request.keep)}) at base width" if request.keep else ""
     raise BudgetError(
         f"{metric} budget {getattr(request, metric)} is below what the minimum widths{which} allow "
-        f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor})"
+        f"({need:.4f} of base at min width {request.min_width}, divisor {request.divisor}{kept})",
+        field=metric,
     )
 
 
@@ -141,6 +148,7 @@ class SynExpAllocator:
     def allocate(self, table: LayerTable, request: AllocationRequest, probe: object = None) -> WidthPlan:
         """Solve the density program, map to channels, round and repair; return the plan (`probe` is ignored)."""
         request.validate()
+        table = with_kept(table, request.keep)
         start = time.perf_counter()
         base = table.cost()
         budgets, bounds = budgets_and_bounds(table, request)
@@ -218,6 +226,7 @@ class UniformAllocator:
         """Widths m x base for the continuous multiplier m of the budget, rounded and repaired to it (`probe`
         is ignored)."""
         request.validate()
+        table = with_kept(table, request.keep)
         start = time.perf_counter()
         budgets, bounds = budgets_and_bounds(table, request)
         require_floor_fits(table, request, budgets, bounds)
@@ -244,7 +253,9 @@ def allocated_plan(
 ) -> WidthPlan:
     """The WidthPlan every allocator returns: its widths over the base ones, the request's budget and
     options, the exact counted cost, and the time since `started` (a perf_counter reading)."""
-    options = {k: v for k, v in asdict(request).items() if k not in ("params", "macs")}
+    options = {k: v for k, v in asdict(request).items() if k not in ("params", "macs", "keep")}
+    if request.keep:  # recorded only when given, so the plans of every other request read as before
+        options["keep"] = list(request.keep)
     return WidthPlan(
         arch=table.arch,
         input_shape=table.input_shape,

@@ -31,6 +31,8 @@ from search.spec.schema import RunStatus
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from precrop.width.costmodel import LayerTable
+
 # what the libraries would otherwise print or send; each applies unless the user set it
 LIBRARY_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -157,13 +159,30 @@ def preflight(config: ExperimentConfig, study: Study | None = None) -> None:
     table = layer_table(config.model.arch, loaded.num_classes, loaded.image_shape[1])
     space = config.space
     cells = study.points() if study else [(a, "", b) for a in space.allocators for b in space.budget]
+    _check_keep(config, table, {allocator for allocator, _, _ in cells})
     for allocator, variant, budget in cells:
         try:
-            check_feasible(allocator, table, allocation_request(space, budget, variant or None))
+            check_feasible(allocator, table, allocation_request(space, budget, variant or None, config.model.keep))
         except Exception as exc:
             key = "--budgets" if study else "space.budget"
             method = f"{allocator} ({variant} mapping)" if variant else allocator
             raise ConfigError(f"{key}: {method} cannot allocate at {budget}: {exc}") from exc
+
+
+def _check_keep(config: ExperimentConfig, table: LayerTable, allocators: set[str]) -> None:
+    """model.keep must name layers of the model, and is for width methods only (mask methods keep every width)."""
+    from precrop.methods.registry import MASK_METHODS
+    from precrop.width.keep import kept_groups
+
+    if not config.model.keep:
+        return
+    try:
+        kept_groups(table, config.model.keep)
+    except UserError as exc:
+        raise ConfigError(f"model.keep: {exc}") from None
+    if masks := sorted(allocators & set(MASK_METHODS)):
+        raise ConfigError(f"model.keep: keeps widths at base, which mask methods ({', '.join(masks)}) never change; "
+                          "drop them from the allocators or drop model.keep")  # fmt: skip
 
 
 def _relabel_after_shutdown(client: MlflowClient, record: SearchRecord) -> None:

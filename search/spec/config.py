@@ -45,6 +45,7 @@ class ModelConfig:
     """The dense architecture whose widths are searched."""
 
     arch: str = "cifar_resnet20"
+    keep: tuple[str, ...] = ()  # layer names or glob patterns whose channel groups stay at base width
 
 
 @dataclass(frozen=True)

@@ -131,15 +131,18 @@ class TrialSpec:
         """The spec of the point Tune passes to a trial (BudgetError or RecipeError when it cannot work)."""
         point = TrialPoint.from_config(sampled)
         seed = point.seed if point.seed is not None else config.search.seed
-        request = allocation_request(config.space, point.budget, point.variant)
+        request = allocation_request(config.space, point.budget, point.variant, config.model.keep)
         recipe = training_recipe(config.space, point, seed)
         request.validate()
         recipe.validate()
         return cls(point, request, recipe, seed)
 
 
-def allocation_request(space: SpaceConfig, budget: float, variant: str | None = None) -> AllocationRequest:
-    """The width allocation at `budget` (a fraction of `space.budget_metric`); `variant` overrides the config's."""
+def allocation_request(
+    space: SpaceConfig, budget: float, variant: str | None = None, keep: tuple[str, ...] = ()
+) -> AllocationRequest:
+    """The width allocation at `budget` (a fraction of `space.budget_metric`) with the layers `keep` names at
+    base width (`model.keep`); `variant` overrides the config's."""
     return AllocationRequest(
         params=budget if space.budget_metric == "params" else None,
         macs=budget if space.budget_metric == "macs" else None,
@@ -148,6 +151,7 @@ def allocation_request(space: SpaceConfig, budget: float, variant: str | None = 
         divisor=space.divisor,
         min_width=space.min_width,
         expand=space.expand,
+        keep=keep,
     )
 
 

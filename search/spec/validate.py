@@ -191,7 +191,8 @@ def _validate_trial_specs(config: ExperimentConfig) -> None:
 
 def _space_key(field: str | None, batch: int) -> str:
     """The config key of an AllocationRequest or TrainConfig field the space sets (`batch`: which batch size)."""
-    keys = {"params": "space.budget", "macs": "space.budget", "batch_size": f"space.batch_size[{batch}]"}
+    keys = {"params": "space.budget", "macs": "space.budget", "batch_size": f"space.batch_size[{batch}]",
+            "keep": "model.keep"}  # fmt: skip
     return keys.get(field, f"space.{field}") if field else "space"
 
 

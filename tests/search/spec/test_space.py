@@ -42,5 +42,7 @@ def test_each_setting_is_checked_by_the_class_that_owns_it() -> None:
 
 
 def test_the_preflight_request_is_the_trials_request() -> None:
-    config = parse_config({"space": {"variant": "internal"}})
-    assert allocation_request(config.space, 0.4) == TrialSpec.resolve(config, POINT).request
+    config = parse_config({"space": {"variant": "internal"}, "model": {"keep": ["conv1", "layer3.*"]}})
+    request = TrialSpec.resolve(config, POINT).request
+    assert request.keep == ("conv1", "layer3.*")  # model.keep reaches every trial's allocation
+    assert allocation_request(config.space, 0.4, keep=config.model.keep) == request
