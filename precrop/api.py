@@ -13,7 +13,7 @@ import copy
 import io
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from precrop.errors import UserError
 from precrop.fileio import write_atomically
 from precrop.methods.base import Probe
 from precrop.nn.counting import count_cost
+from precrop.nn.pretrained import crop_pretrained, recalibrate_norms
 from precrop.nn.surgery import resize_to_widths
 from precrop.nn.tracing import trace_layer_table
 from precrop.nn.zoo.inits import init_pytorch_default
@@ -57,7 +58,7 @@ def crop(
     keep: Sequence[str] = (),
     batches: Batches = (),
     source: str | None = None,
-    init: Callable[[nn.Module], None] | None = init_pytorch_default,
+    init: Callable[[nn.Module], None] | Literal["pretrained"] | None = init_pytorch_default,
 ) -> Cropped:
     """A narrower dense copy of `model` within the budget, and its WidthPlan; `model` is left untouched.
 
@@ -66,9 +67,10 @@ def crop(
     dense cost, with every channel group allowed to grow to U x its width. `method` is a width method of
     the registry (synexp, uniform; pfs and prunenet score the model on `batches`); `objective` is what
     synexp maximizes (`layer`, the paper's sum over layers, or `path`: each channel mask once per path).
-    `keep` names layers (module names or glob patterns, `["conv1", "fc"]`) whose every channel group stays at
-    its base width; the budget still counts them. The copy is re-initialized by `init` (every module's
-    reset_parameters by default; None keeps the sliced weights).
+    `keep` names layers (module names or glob patterns, `["conv1", "fc"]`) whose channel groups stay at base
+    width; the budget still counts them. The copy is re-initialized by `init` (reset_parameters by default;
+    None keeps the leading slice of the weights; "pretrained" keeps each narrowed group's channels of
+    largest filter L1 norm and re-estimates BatchNorm statistics on `batches`, to fine-tune: docs/width.md).
     `source` is recorded as the plan's `arch`: give the name the model can be rebuilt from
     (`torchvision:resnet18`, `timm:...`, `my.module:make_net`) if you want `precrop.load` to rebuild it
     without the dense model at hand.
@@ -86,12 +88,25 @@ def crop(
     request = _request(macs, params, scale, expand, divisor, min_width, objective, keep)
     probe = Probe(copy.deepcopy(model), tuple(batches), seed) if spec.needs_model else None
     plan = realize(method, table, request, probe).plan
-    cropped = _resized_copy(model, table, plan)
-    if init is not None:
-        torch.manual_seed(seed)
-        init(cropped)
+    cropped = _started_copy(model, table, plan, init, seed, batches)
     _check_counted(cropped, plan)
     return Cropped(cropped, plan)
+
+
+def _started_copy(
+    model: nn.Module, table: LayerTable, plan: WidthPlan, init: Callable[[nn.Module], None] | str | None, seed: int,
+    batches: Batches,
+) -> nn.Module:
+    """The copy of `model` at the plan's widths that training starts from (see `crop`'s `init`)."""
+    if init == "pretrained":
+        cropped = crop_pretrained(model, table, plan.widths)
+        recalibrate_norms(cropped, (images for images, _ in batches))
+        return cropped
+    cropped = _resized_copy(model, table, plan)
+    if callable(init):
+        torch.manual_seed(seed)
+        init(cropped)
+    return cropped
 
 
 def apply_plan(model: nn.Module, plan: WidthPlan) -> nn.Module:

@@ -213,6 +213,14 @@ MODEL_SOURCE_CASES = [
          _model("src_cfg_fixed.py", model={"arch": "src_cfg_fixed:net"}), untouched=True),
     Case("untraceable model in a config", SEARCH, ("slices part of a tensor's channels",),
          _config(model={"arch": "timm:rexnet_100"}), untouched=True),
+    # pretrained starts (trainers/start.py)
+    Case("pretrained start of the dense model", (*TRAIN, "cifar_resnet20", "--init", "pretrained"),
+         ("--init pretrained starts a --plan from its dense model's weights",)),
+    Case("pretrained start of a built-in model in a config", SEARCH,
+         ("model.init: a pretrained start needs trained weights, and cifar_resnet20 is built with random ones",),
+         _config(model={"arch": "cifar_resnet20", "init": "pretrained"}), untouched=True),
+    Case("unknown init in a config", SEARCH, ("model.init: unknown init 'imagenet'",),
+         _config(model={"init": "imagenet"}), untouched=True),
     # layers kept at base width (precrop/width/keep.py)
     Case("keep pattern that matches no layer", ("allocate", "cifar_resnet20", "--macs", "0.5", "--keep", "fc.*"),
          ("keep pattern 'fc.*' matches no layer of cifar_resnet20",)),

@@ -10,7 +10,7 @@ from typing import Any
 
 from precrop.errors import UserError
 from precrop.fileio import check_writable_dir
-from precrop.nn.build import build_from_plan, layer_table
+from precrop.nn.build import layer_table
 from precrop.width.allocate import dense_plan
 from precrop.width.plan import WidthPlan
 from trainers.checkpoint import (
@@ -24,6 +24,7 @@ from trainers.checkpoint import (
 from trainers.datasets import DataError, DataRequest, DataSet
 from trainers.load import load_dataset
 from trainers.loop import Metrics, Trainer, TrainState, evaluate
+from trainers.start import model_for_plan
 from trainers.train_args import add_train_command, config_from_args
 
 
@@ -60,6 +61,9 @@ def format_progress(metrics: Metrics, epochs: int) -> str:
 def run_train(args: argparse.Namespace) -> int:
     """The `precrop train` command."""
     config = config_from_args(args)
+    if args.init != "scratch" and not args.plan:
+        raise UserError("--init pretrained starts a --plan from its dense model's weights; --arch trains the dense "
+                        "model itself")  # fmt: skip
     out = _output_dir(args)
     started = time.perf_counter()
     data = load_dataset(
@@ -70,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(data.summary(), flush=True)
     plan = plan_for(args, data)
-    trainer = Trainer(build_from_plan(plan, seed=args.seed), data, config)
+    trainer = Trainer(model_for_plan(plan, args.init, data, args.seed), data, config)
     state = load_train_state(out) if (out is not None and args.resume) else None
     if state is not None:
         trainer.load_state(state)

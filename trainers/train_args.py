@@ -16,6 +16,10 @@ def add_train_command(commands: argparse._SubParsersAction[OneLineErrorParser]) 
     model.add_argument("--arch", help="train the dense architecture: a built-in name or model source "
                        "(see precrop info --list)")
     model.add_argument("--plan", help="train the cropped model a plan JSON describes")
+    train.add_argument("--init", default="scratch", choices=("scratch", "pretrained"),
+                       help="scratch (default: the family's own init) or pretrained: start a --plan from its "
+                       "dense model's trained weights (a module.path:callable source), keeping the channels with "
+                       "the largest filter L1 norms, BatchNorm statistics re-estimated (docs/width.md)")  # fmt: skip
     train.add_argument("--dataset", required=True, help="digits, cifar10, cifar100, imagefolder or synthetic")
     train.add_argument("--data-dir", help="where the data set lives (cifar: the folder with the batches)")
     train.add_argument("--download", action="store_true", help="download CIFAR when missing (needs internet)")

@@ -45,6 +45,7 @@ from trainers.datasets import DataRequest, DataSet
 from trainers.load import load_dataset
 from trainers.loop import Metrics, Trainer, TrainState
 from trainers.memory import freeze_startup_objects, peak_rss_mb, release_freed_memory, reset_peak_rss, rss_mb
+from trainers.start import model_for_plan
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -194,14 +195,15 @@ class _Trial:
         """
         table = cached_layer_table(self.config.model.arch, data.num_classes, data.image_shape[1])
         chosen, request, seed = method(self.spec.allocator), self.spec.request, self.spec.seed
+        init = self.config.model.init
         if not chosen.needs_model:
             plan = realize(chosen.name, table, request, None).plan
-            return table, plan, build_from_plan(plan, seed=seed)
+            return table, plan, model_for_plan(plan, init, data, seed)
         dense = build_from_plan(dense_plan(table), seed=seed)
         batches = probe_batches(data, PROBE_BATCHES, PROBE_BATCH_SIZE, seed) if chosen.needs_data else ()
         result = realize(chosen.name, table, request, Probe(dense, batches, seed))
         if not chosen.masks:
-            return table, result.plan, build_from_plan(result.plan, seed=seed)
+            return table, result.plan, model_for_plan(result.plan, init, data, seed)
         apply_masks(dense, result.masks)
         return table, result.plan, dense
 

@@ -46,6 +46,7 @@ class ModelConfig:
 
     arch: str = "cifar_resnet20"
     keep: tuple[str, ...] = ()  # layer names or glob patterns whose channel groups stay at base width
+    init: str = "scratch"  # or pretrained: start each trial from the source's trained weights (trainers/start.py)
 
 
 @dataclass(frozen=True)

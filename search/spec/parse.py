@@ -19,6 +19,9 @@ from search.spec.config import ConfigError, ExperimentConfig
 from search.spec.limits import ConfigLimitError, clip, load_yaml, read_config_text, shown
 from search.spec.validate import validate
 
+# list keys whose empty list means "none" (every other list must name something)
+MAY_BE_EMPTY = frozenset({"model.keep"})
+
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a YAML config, apply `key.path=value` overrides, and validate it (config_limits bounds the YAML)."""
@@ -108,7 +111,7 @@ def _parse_value(kind: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         items = list(value) if isinstance(value, list | tuple) else [value]
         if args[-1] is Ellipsis:
-            if not items:
+            if not items and path not in MAY_BE_EMPTY:
                 raise ConfigError(f"{path} must list at least one value")
             return tuple(_parse_value(args[0], v, f"{path}[{i}]") for i, v in enumerate(items))
         if len(items) == 1:

@@ -42,6 +42,7 @@ def validate(config: ExperimentConfig) -> None:
 
     _validate_texts(config)
     _validate_arch(config.model.arch)
+    _validate_init(config)
     _choice("data.name", config.data.name, dataset_names())
     _require(0 < config.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     _choice("data.resident", config.data.resident, ("auto", "yes", "no"))
@@ -199,6 +200,18 @@ def _space_key(field: str | None, batch: int) -> str:
 def _at_most(key: str, value: int, high: int) -> None:
     """The config's own bound on a count (the class that uses it says how low it may go)."""
     _require(value <= high, key, f"must be at most {high}, got {shown(value)}")
+
+
+def _validate_init(config: ExperimentConfig) -> None:
+    """model.init: scratch, or pretrained for a model source that returns trained weights and width methods."""
+    from precrop.methods.registry import MASK_METHODS
+    from trainers.start import check_init
+
+    masks = any(a in MASK_METHODS for a in config.space.allocators)
+    try:
+        check_init(config.model.init, config.model.arch, masks)
+    except UserError as exc:
+        raise ConfigError(f"model.init: {exc}") from None
 
 
 def _validate_arch(arch: str) -> None:
