@@ -213,6 +213,10 @@ MODEL_SOURCE_CASES = [
          _model("src_cfg_fixed.py", model={"arch": "src_cfg_fixed:net"}), untouched=True),
     Case("untraceable model in a config", SEARCH, ("slices part of a tensor's channels",),
          _config(model={"arch": "timm:rexnet_100"}), untouched=True),
+    Case("negative hard limit", SEARCH, ("constraints.params: must be a positive number, got -1",),
+         _config(constraints={"params": -1}), untouched=True),
+    Case("unknown hard limit", SEARCH, ("constraints.accuracy",), _config(constraints={"accuracy": 0.9}),
+         untouched=True),
     # pretrained starts (trainers/start.py)
     Case("pretrained start of the dense model", (*TRAIN, "cifar_resnet20", "--init", "pretrained"),
          ("--init pretrained starts a --plan from its dense model's weights",)),

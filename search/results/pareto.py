@@ -83,11 +83,17 @@ class TrialRecord:
     macs: float | None
     params: float | None
     latency_ms: float | None
+    within_limits: bool = True  # False: over a hard limit of its search (constraints:), never on the front
 
     @property
     def completed(self) -> bool:
         """Trained every epoch and its run ended FINISHED."""
         return self.status == RunStatus.FINISHED and self.outcome == Outcome.COMPLETED and self.val_acc is not None
+
+    def over_limits(self, limits: Mapping[str, float]) -> list[str]:
+        """The limits this trial's costs exceed ('latency_ms <= 5'); a cost it has not logged counts as over."""
+        return [f"{name} <= {limit:g}" for name, limit in limits.items()
+                if (value := self.cost(name)) is None or value > limit]  # fmt: skip
 
     def cost(self, objective: str) -> float | None:
         """The value of the cost objective (macs, params or latency_ms)."""
@@ -103,6 +109,7 @@ def record_from_run(run: Run) -> TrialRecord:
         run_id=trial.run_id, name=trial.name, allocator=trial.allocator, budget=trial.budget, status=trial.status,
         outcome=trial.outcome, val_acc=trial.val_acc, test_acc=metrics.get(Metric.TEST_ACC),
         macs=metrics.get(Metric.MACS), params=metrics.get(Metric.PARAMS), latency_ms=metrics.get(Metric.LATENCY_MS),
+        within_limits=trial.tags.get(Tag.WITHIN_LIMITS) != "false",
     )  # fmt: skip
 
 
@@ -119,10 +126,12 @@ def search_trials(client: MlflowClient, experiment_name: str, search: str | None
 
 
 def pareto_front(records: Iterable[TrialRecord], cost: str) -> list[TrialRecord]:
-    """Completed trials no other completed trial beats on both accuracy and cost, cheapest first."""
+    """Completed trials within their search's limits that no other such trial beats on both accuracy and cost,
+    cheapest first."""
     candidates = [
-        r for r in records if r.completed and r.cost(cost) is not None and math.isfinite(r.val_acc or math.nan)
-    ]
+        r for r in records
+        if r.completed and r.within_limits and r.cost(cost) is not None and math.isfinite(r.val_acc or math.nan)
+    ]  # fmt: skip
     candidates.sort(key=lambda r: (r.cost(cost), -(r.val_acc or 0.0)))
     front: list[TrialRecord] = []
     best = -math.inf

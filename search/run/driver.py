@@ -231,7 +231,7 @@ def _fit(config: ExperimentConfig, record: SearchRecord, resources: dict[str, fl
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     progress = ProgressAndRunCloser(
         record.tracking_uri, record.experiment_id, record.parent_run_id, launch.trials, config.objectives.cost,
-        config.space.epochs, config.search.progress_every_s,
+        config.space.epochs, config.search.progress_every_s, config.constraints.limits(),
     )  # fmt: skip
     try:
         results = launch.tuner(trainable, record, [progress]).fit()

@@ -192,7 +192,8 @@ def search_tuner(config: ExperimentConfig, trainable: Any, record: SearchRecord,
     metrics, modes = objectives(config)
     first = initial_points(config.space, startup_trials(config), config.search.seed)
     searcher = ParetoOptunaSearch(metric=metrics, mode=modes, sampler=make_sampler(config), points_to_evaluate=first,
-                                  epochs=config.space.epochs, **optuna_study(record))  # fmt: skip
+                                  epochs=config.space.epochs, limits=config.constraints.limits(),
+                                  **optuna_study(record))  # fmt: skip
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=config.search.trials,
                                   max_concurrent_trials=config.search.concurrency, reuse_actors=True)  # fmt: skip
     return tune.Tuner(trainable, param_space=param_space(config.space), tune_config=tune_config,

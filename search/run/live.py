@@ -82,11 +82,14 @@ class SearchBoard:
         trial.epoch = epoch
         trial.accuracy = float(result.get(ResultKey.ACCURACY, math.nan))
 
-    def trial_ended(self, trial_id: str, outcome: str, accuracy: float, cost: float) -> None:
-        """A trial ended: completed, stopped early, diverged or failed."""
+    def trial_ended(
+        self, trial_id: str, outcome: str, accuracy: float, cost: float, within_limits: bool = True
+    ) -> None:
+        """A trial ended: completed, stopped early, diverged or failed (and, if completed, within the search's
+        hard limits or not: only trials within them join the front)."""
         self.running.pop(trial_id, None)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if outcome == Outcome.COMPLETED and math.isfinite(accuracy) and math.isfinite(cost):
+        if outcome == Outcome.COMPLETED and within_limits and math.isfinite(accuracy) and math.isfinite(cost):
             self.completed.append((cost, accuracy))
 
     def front(self) -> list[tuple[float, float]]:

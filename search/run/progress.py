@@ -30,7 +30,7 @@ class ProgressAndRunCloser(Callback):
     """Prints trial starts and ends and shows the live board; ends a trial's MLflow run if the trial could not."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trials: int, cost: str,
-                 epochs: int = 0, every_s: float = 30.0) -> None:  # fmt: skip
+                 epochs: int = 0, every_s: float = 30.0, limits: dict[str, float] | None = None) -> None:  # fmt: skip
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -38,6 +38,7 @@ class ProgressAndRunCloser(Callback):
         self.cost = cost
         self.epochs = epochs
         self.every_s = every_s
+        self.limits = dict(limits or {})  # hard limits: a trial over one is not on the board's front
         self.started_at = time.perf_counter()
         self._client: MlflowClient | None = None
         self._view: LiveView | None = None
@@ -148,7 +149,7 @@ class ProgressAndRunCloser(Callback):
         epoch = int(result.get(ResultKey.EPOCH, 0))
         accuracy, cost = result.get(ResultKey.ACCURACY, float("nan")), result.get(self.cost, float("nan"))
         with self.view.lock:
-            self.view.board.trial_ended(trial.trial_id, outcome, accuracy, cost)
+            self.view.board.trial_ended(trial.trial_id, outcome, accuracy, cost, self._within_limits(result))
         self._print(f"done  {trial.trial_id} ({self._ended()}/{self.trials}): {outcome} after epoch {epoch}, "
                     f"val {accuracy:.2%}, {self.cost} {cost:,.4g}")  # fmt: skip
         self._close(trial.trial_id, outcome, "stopped early by ASHA" if outcome == Outcome.STOPPED else "")
@@ -177,6 +178,11 @@ class ProgressAndRunCloser(Callback):
             self.offline = True
             why = tracking.redact_uri(tracking.first_line(exc))
             self._print(f"warning: MLflow does not answer ({why}); runs are reconciled at the end")
+
+    def _within_limits(self, result: dict[str, Any]) -> bool:
+        """Whether the in-search costs of `result` are within the hard limits (the end re-checks latency)."""
+        limits: dict[str, float] = self.__dict__.get("limits", {})
+        return all(result.get(name) is not None and float(result[name]) <= limit for name, limit in limits.items())
 
     def _ended(self) -> int:
         return sum(self.view.board.outcomes.values())

@@ -5,6 +5,7 @@ Ray's `OptunaSearch.on_trial_complete` marks an ASHA-stopped trial COMPLETE with
 Here an errored or diverged trial is FAIL, and every other trial is told COMPLETE with its last
 (accuracy, cost) and the constraint `untrained_fraction` (the share of the epochs it did not train):
 0 for a trial that trained to the end, > 0 for one the scheduler stopped, which makes it infeasible.
+The config's hard limits (`constraints:`) add one constraint each, `<metric>_over_limit`.
 
 Why a stopped trial is not PRUNED: Optuna's samplers would then learn little or nothing from it.
 NSGA-II builds its generations from COMPLETE trials only (optuna/samplers/_ga/_base.py), so with
@@ -152,10 +153,11 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def __init__(
         self, *args: Any, epochs: int = 1, points_to_evaluate: list[dict[str, Any]] | None = None,
-        study_attrs: Mapping[str, str] | None = None, **kwargs: Any,
+        study_attrs: Mapping[str, str] | None = None, limits: Mapping[str, float] | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.epochs = epochs  # a trial's full schedule: how far a stopped trial got is measured against it
+        self.limits = dict(limits or {})  # the config's hard limits (constraints:), by metric
         self.startup_points = list(points_to_evaluate or [])
         self.study_attrs = dict(study_attrs or {})
         self.trial_numbers: dict[str, int] = {}  # Tune trial id -> the number of its Optuna trial
@@ -204,6 +206,8 @@ class ParetoOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(Tag.OUTCOME.value, told_outcome(state, untrained, result).value)
             if state == TrialState.COMPLETE:
                 ot_trial.set_constraint(UNTRAINED_CONSTRAINT, untrained)
+                for name, excess in limit_excess(result or {}, self.__dict__.get("limits", {})).items():
+                    ot_trial.set_constraint(f"{name}{OVER_LIMIT_SUFFIX}", excess)
             study.tell(ot_trial, values, state=state, skip_if_finished=True)
         except (ValueError, RuntimeError) as exc:  # e.g. a NaN objective
             logger.warning("optuna rejected the result of trial %s: %s", trial_id, exc)
@@ -238,6 +242,15 @@ class ParetoOptunaSearch(OptunaSearch):
         if number < len(trials) and trials[number].number == number:  # numbers count up from 0
             return trials[number]
         return next(t for t in trials if t.number == number)
+
+
+OVER_LIMIT_SUFFIX = "_over_limit"  # the Optuna constraint of a hard limit: latency_ms_over_limit, ...
+
+
+def limit_excess(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> dict[str, float]:
+    """Per limit, `value / limit - 1` (> 0: over the limit, infeasible); a value not reported counts as over."""
+    return {name: (float(metrics[name]) / limit - 1) if metrics.get(name) is not None else 1.0
+            for name, limit in limits.items()}  # fmt: skip
 
 
 def told_outcome(state: TrialState, untrained: float, result: Mapping[str, Any] | None) -> Outcome:

@@ -70,6 +70,7 @@ def summarize(client: MlflowClient, config: ExperimentConfig, record: SearchReco
     """Compute, log and print the Pareto front of the search `record`; return the front."""
     cost = config.objectives.cost
     records = [record_from_run(r) for r in tracking.trial_runs(client, record.experiment_id, record.parent_run_id)]
+    records, over = _apply_limits(client, config, records)
     front = pareto_front(records, cost)
     if front:
         front = _with_test_accuracy(client, config, front)
@@ -84,6 +85,8 @@ def summarize(client: MlflowClient, config: ExperimentConfig, record: SearchReco
         Metric.TRIALS_FAILED: sum(r.outcome in (Outcome.FAILED, Outcome.DIVERGED) for r in records),
         Metric.PARETO_SIZE: len(front),
     }
+    if config.constraints.limits():
+        counts[Metric.TRIALS_OVER_LIMIT] = len(over)
     tracking.log_metrics(client, record.parent_run_id, counts, step=0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -95,6 +98,10 @@ def summarize(client: MlflowClient, config: ExperimentConfig, record: SearchReco
     print()
     print(f"{counts[Metric.TRIALS]} trials: {counts[Metric.TRIALS_COMPLETED]} completed, "
           f"{counts[Metric.TRIALS_STOPPED]} stopped early by ASHA, {counts[Metric.TRIALS_FAILED]} failed")  # fmt: skip
+    if config.constraints.limits():
+        limits = ", ".join(f"{name} <= {limit:g}" for name, limit in config.constraints.limits().items())
+        print(f"{len(over)} of {counts[Metric.TRIALS_COMPLETED]} completed trials over a limit ({limits}): "
+              "not on the front")  # fmt: skip
     if front:
         print(f"Pareto front (val accuracy vs {cost}), cheapest first:")
         print(format_table(*front_rows(front)))
@@ -105,6 +112,21 @@ def summarize(client: MlflowClient, config: ExperimentConfig, record: SearchReco
     for line in optuna_hint(record):
         print(line)
     return front
+
+
+def _apply_limits(
+    client: MlflowClient, config: ExperimentConfig, records: list[TrialRecord]
+) -> tuple[list[TrialRecord], dict[str, list[str]]]:
+    """Check each completed trial against the config's hard limits (latency: the quiet re-timed value), tag
+    its run `precrop.within_limits`, and return the records marked, with the limits each one exceeds."""
+    limits = config.constraints.limits()
+    if not limits:
+        return records, {}
+    over = {r.run_id: exceeded for r in records if r.completed and (exceeded := r.over_limits(limits))}
+    for r in records:
+        if r.completed:
+            tracking.set_tags(client, r.run_id, {Tag.WITHIN_LIMITS: str(r.run_id not in over).lower()})
+    return [dataclasses.replace(r, within_limits=r.run_id not in over) for r in records], over
 
 
 def optuna_hint(record: SearchRecord) -> list[str]:

@@ -96,6 +96,24 @@ class ObjectivesConfig:
 
 
 @dataclass(frozen=True)
+class ConstraintsConfig:
+    """Hard limits on a trial's cost (null: none): a trial over any is infeasible, never on the front.
+
+    Passed to Optuna as constraints (each `value / limit - 1`, feasible when <= 0), so its samplers learn to
+    stay within them; `latency_ms` is checked against the quiet end-of-search value (search/run/latency.py).
+    """
+
+    latency_ms: float | None = None
+    params: float | None = None
+    macs: float | None = None
+
+    def limits(self) -> dict[str, float]:
+        """The limits set, by metric name."""
+        return {name: float(v) for name, v in (("latency_ms", self.latency_ms), ("params", self.params),
+                                                ("macs", self.macs)) if v is not None}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """How many trials, how many at once, which Optuna sampler proposes them, and where its study is stored.
 
@@ -171,6 +189,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     search: SearchSettings = field(default_factory=SearchSettings)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     asha: AshaConfig = field(default_factory=AshaConfig)

@@ -38,6 +38,7 @@ class Tag(StrEnum):
     ATTEMPTS = "precrop.attempts"  # how many attempts (retries, resumes) the trial took
     LATENCY_TIMED = "precrop.latency_timed"  # where and how the end-of-search latency was timed
     PARETO = "pareto"  # "true" on the runs of the front, "false" on the others
+    WITHIN_LIMITS = "precrop.within_limits"  # "false" on a completed trial over a hard limit (constraints:)
 
 
 # the tag a registered model version of `precrop export --register` carries: onnx or pt2 (torchscript before)
@@ -120,6 +121,7 @@ class Metric(StrEnum):
     TRIALS_STOPPED = "trials_stopped"
     TRIALS_FAILED = "trials_failed"
     PARETO_SIZE = "pareto_size"
+    TRIALS_OVER_LIMIT = "trials_over_limit"  # completed trials over a hard limit (constraints:)
 
 
 # the cost objectives a search may minimize (`objectives.cost`): metric names, as plain strings

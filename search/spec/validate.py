@@ -54,6 +54,8 @@ def validate(config: ExperimentConfig) -> None:
     _validate_trial_specs(config)
     _choice("objectives.cost", config.objectives.cost, COST_OBJECTIVES)
     _count("objectives.latency_batch", config.objectives.latency_batch)
+    for name, limit in config.constraints.limits().items():
+        _require(_finite(limit) and limit > 0, f"constraints.{name}", f"must be a positive number, got {shown(limit)}")
     search = config.search
     _count("search.trials", search.trials)
     _count("search.concurrency", search.concurrency)

@@ -69,6 +69,8 @@ def test_counts_and_the_front_follow_the_rule_of_precrop_pareto() -> None:
     assert board.front() == [(4e5, 0.90), (2e6, 0.95), (3e6, 0.97)]
     assert board.counts_text() == "6/6 ended (4 completed, 1 failed, 1 stopped), 0 running"
     assert board.front_text() == "front of 3: macs 4e+05-3e+06, val 90.0%-97.0%"
+    board.trial_ended("g", "completed", 0.99, 5e5, within_limits=False)  # over a hard limit: never on the front
+    assert board.front() == [(4e5, 0.90), (2e6, 0.95), (3e6, 0.97)]
 
 
 def test_off_a_terminal_a_line_comes_at_most_every_n_seconds() -> None:
