@@ -53,6 +53,28 @@ def _time_calls(
     return Timing(statistics.median(times), len(times))
 
 
+def time_call(
+    fn: Callable[[], None], device: torch.device, warmup: int = 3, repeats: int = 20, max_seconds: float = 5.0
+) -> Timing:
+    """Median milliseconds of `fn()` (at least 3 calls, `repeats` within `max_seconds`): timed by CUDA events on
+    a GPU (the GPU's own clock, from the first kernel queued to the last one done), by the host clock elsewhere."""
+    if device.type != "cuda":
+        return _time_calls(fn, lambda: None, warmup, repeats, max_seconds)
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize(device)
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return Timing(statistics.median(times), len(times))
+
+
 def timing_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """A channels-last copy of `model` on `device` to time (time it inside `freed_memory_kept()` on the CPU)."""
     return copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)

@@ -47,10 +47,12 @@ IN_SEARCH_ROUNDS = 2
 _LOCAL: dict[tuple[str, str], float] = {}  # (search, fingerprint) -> ms, per worker process
 
 
-def plan_fingerprint(plan: WidthPlan, batch: int) -> str:
-    """What latency depends on: the executed shapes (mask plans keep the dense widths) and the batch."""
+def plan_fingerprint(plan: WidthPlan, batch: int, runtime: str = "eager", device: str = "cpu") -> str:
+    """What latency depends on: the executed shapes (mask plans keep the dense widths), the batch, and where
+    it is timed (runtime and device type)."""
     what = {"arch": plan.arch, "num_classes": plan.num_classes, "input_shape": list(plan.input_shape),
-            "widths": dict(sorted(plan.widths.items())), "batch": batch}  # fmt: skip
+            "widths": dict(sorted(plan.widths.items())), "batch": batch, "runtime": runtime,
+            "device": device}  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -111,29 +113,33 @@ def cached_latency(search_id: str, fingerprint: str, measure: Callable[[], float
     return _LOCAL[key]
 
 
-def time_models(models: Sequence[torch.nn.Module], input_shapes: Sequence[tuple[int, int, int]], batch: int,
-                rounds: int = ROUNDS) -> list[float]:  # fmt: skip
-    """CPU latency (ms) of each model with the current torch threads: the median of `REPEATS` calls (as
-    trainers.measure.measure_latency times it: eval mode, no grad, channels-last, fp32, after warm-up),
-    the fastest of `rounds` rounds that visit every model in turn. The models are left as they were."""
+def time_models(
+    models: Sequence[torch.nn.Module], input_shapes: Sequence[tuple[int, int, int]], batch: int,
+    rounds: int = ROUNDS, runtime: str = "eager", device: torch.device | None = None,
+) -> list[float]:  # fmt: skip
+    """Latency (ms) of each model on `runtime` and `device` (the CPU by default, with the current torch
+    threads): the median of `REPEATS` calls after warm-up (search/run/runtimes.py says how each runtime is
+    called), the fastest of `rounds` rounds that visit every model in turn. The models are left as they were."""
     import torch
 
-    from trainers.measure import time_inference, timing_copy
+    from search.run.runtimes import prepared_call
+    from trainers.measure import time_call
     from trainers.memory import freed_memory_kept
 
-    def median_ms(net: torch.nn.Module, x: torch.Tensor) -> float:
-        return time_inference(net, x, WARMUP, REPEATS, ROUND_SECONDS).median_ms
+    where = device if device is not None else torch.device("cpu")
 
-    def best_of_rounds() -> list[float]:  # its copies and inputs are freed when it returns, before the release
-        cpu = torch.device("cpu")
-        nets = [timing_copy(model, cpu).eval() for model in models]
-        inputs = [torch.randn(batch, *shape) for shape in input_shapes]
-        if nets:  # a process's first timing runs slow (thread pool, allocator, kernel selection): discarded
-            median_ms(nets[0], inputs[0])
-        best = [float("inf")] * len(nets)
+    def median_ms(call: Callable[[], None]) -> float:
+        return time_call(call, where, WARMUP, REPEATS, ROUND_SECONDS).median_ms
+
+    def best_of_rounds() -> list[float]:  # its copies and sessions are freed when it returns, before the release
+        calls = [prepared_call(model, shape, batch, runtime, where) for model, shape in zip(models, input_shapes,
+                                                                                             strict=True)]  # fmt: skip
+        if calls:  # a process's first timing runs slow (thread pool, allocator, kernel selection): discarded
+            median_ms(calls[0])
+        best = [float("inf")] * len(calls)
         for _ in range(rounds):
-            for i, (net, x) in enumerate(zip(nets, inputs, strict=True)):
-                best[i] = min(best[i], median_ms(net, x))
+            for i, call in enumerate(calls):
+                best[i] = min(best[i], median_ms(call))
         return best
 
     with freed_memory_kept():
@@ -147,11 +153,15 @@ class Retimed:
     plans: int
     runs: int
     seconds: float = 0.0
+    runtime: str = "eager"
+    skipped: str = ""  # why nothing was re-timed, when that is worth saying
 
     def describe(self) -> str:
         """One line for the driver's output."""
-        return (f"re-timed the CPU latency of {self.plans} distinct plan(s) of {self.runs} completed run(s) "
-                f"on the idle machine ({self.seconds:.1f} s)")  # fmt: skip
+        if self.skipped:
+            return self.skipped
+        return (f"re-timed the CPU latency ({self.runtime}) of {self.plans} distinct plan(s) of {self.runs} completed "
+                f"run(s) on the idle machine ({self.seconds:.1f} s)")  # fmt: skip
 
 
 def retime_search(client: MlflowClient, config: ExperimentConfig, experiment_id: str, parent_run_id: str) -> Retimed:
@@ -165,17 +175,21 @@ def retime_search(client: MlflowClient, config: ExperimentConfig, experiment_id:
 
     started = time.perf_counter()
     batch, threads = config.objectives.latency_batch, max(1, int(config.resources.cpu))
+    runtime = config.objectives.latency_runtime
+    if config.objectives.latency_device == "trial" and config.resources.gpu > 0:
+        return Retimed(0, 0, runtime=runtime, skipped=f"latency was timed on the trials' GPUs ({runtime}, CUDA "
+                       "events): not re-timed on the driver")  # fmt: skip
     runs = [r for r in tracking.trial_runs(client, experiment_id, parent_run_id)
             if TrialRun.of(r).completed and Metric.LATENCY_MS_IN_SEARCH not in r.data.metrics]  # fmt: skip
     by_print: dict[str, tuple[WidthPlan, list[Run]]] = {}
     for run in runs:
         plan = load_run_plan(client, run.info.run_id)
         if plan is not None:
-            by_print.setdefault(plan_fingerprint(plan, batch), (plan, []))[1].append(run)
+            by_print.setdefault(plan_fingerprint(plan, batch, runtime), (plan, []))[1].append(run)
     if not by_print:
-        return Retimed(0, 0)
-    values = retime_plans([plan for plan, _ in by_print.values()], batch, threads)
-    where = f"end of search on {socket.gethostname()}, {threads} CPU thread(s), batch {batch}"
+        return Retimed(0, 0, runtime=runtime)
+    values = retime_plans([plan for plan, _ in by_print.values()], batch, threads, runtime)
+    where = f"end of search on {socket.gethostname()}, {runtime} on cpu, {threads} CPU thread(s), batch {batch}"
     for (_, group), value in zip(by_print.values(), values, strict=True):
         for run in group:
             metrics: dict[str, float] = {Metric.LATENCY_MS: value}
@@ -183,10 +197,11 @@ def retime_search(client: MlflowClient, config: ExperimentConfig, experiment_id:
                 metrics[Metric.LATENCY_MS_IN_SEARCH] = run.data.metrics[Metric.LATENCY_MS]
             tracking.log_metrics(client, run.info.run_id, metrics, step=0)
             tracking.set_tags(client, run.info.run_id, {Tag.LATENCY_TIMED: where})
-    return Retimed(len(by_print), sum(len(group) for _, group in by_print.values()), time.perf_counter() - started)
+    return Retimed(len(by_print), sum(len(group) for _, group in by_print.values()), time.perf_counter() - started,
+                   runtime)  # fmt: skip
 
 
-def retime_plans(plans: Iterable[WidthPlan], batch: int, threads: int) -> list[float]:
+def retime_plans(plans: Iterable[WidthPlan], batch: int, threads: int, runtime: str = "eager") -> list[float]:
     """Build each plan's model and time it with `threads` torch threads (restored afterwards)."""
     import torch
 
@@ -197,6 +212,6 @@ def retime_plans(plans: Iterable[WidthPlan], batch: int, threads: int) -> list[f
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        return time_models(models, [plan.input_shape for plan in plans], batch)
+        return time_models(models, [plan.input_shape for plan in plans], batch, runtime=runtime)
     finally:
         torch.set_num_threads(before)

@@ -36,6 +36,8 @@ from search.record.checkpoints import Resume, read_checkpoint, write_checkpoint_
 from search.record.run_logger import RunLogger, log_final, log_setup, setup_metrics, setup_params
 from search.record.sender import Sender
 from search.run.latency import IN_SEARCH_ROUNDS, cached_latency, plan_fingerprint, time_models
+from search.run.runtimes import describe as describe_runtime
+from search.run.runtimes import latency_device
 from search.spec.config import ExperimentConfig
 from search.spec.schema import Metric, Outcome, ResultKey, Tag
 from search.spec.space import TrialSpec, data_request
@@ -176,6 +178,8 @@ class _Trial:
         """Where this attempt runs (Ray node, host, device, process); a retry overwrites it and counts up."""
         tags: dict[str, str] = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
                 Tag.DEVICE: device, Tag.WORKER_PID: str(os.getpid())}  # fmt: skip
+        if timed := self.__dict__.get("latency_timed"):  # a resumed attempt keeps the first attempt's tag
+            tags[Tag.LATENCY_TIMED] = timed
 
         def tag_attempt(client: MlflowClient, run_id: str) -> None:
             run = tracking.get_run(client, run_id)
@@ -210,10 +214,13 @@ class _Trial:
     def _latency(self, model: torch.nn.Module, plan: WidthPlan) -> float:
         """CPU latency (ms) at the configured batch size, timed once per plan per search (search/run/latency.py:
         a plan some trial of this search timed is not timed again); the weights do not matter for it."""
-        batch = self.config.objectives.latency_batch
-        fingerprint = plan_fingerprint(plan, batch)
-        return cached_latency(self.setup.parent_run_id, fingerprint,
-                              lambda: time_models([model], [plan.input_shape], batch, IN_SEARCH_ROUNDS)[0])  # fmt: skip
+        objectives = self.config.objectives
+        batch, runtime = objectives.latency_batch, objectives.latency_runtime
+        device = latency_device(objectives.latency_device, self.spec.recipe.device)
+        fingerprint = plan_fingerprint(plan, batch, runtime, device.type)
+        self.latency_timed = f"in search: {describe_runtime(runtime, device)}, batch {batch}"
+        return cached_latency(self.setup.parent_run_id, fingerprint, lambda: time_models(
+            [model], [plan.input_shape], batch, IN_SEARCH_ROUNDS, runtime, device)[0])  # fmt: skip
 
     def _log_setup(self, plan: WidthPlan, widths_table: str, costs: dict[str, float]) -> None:
         """Hyperparameters, the plan (JSON + widths table) and the counted cost, once per run."""

@@ -87,12 +87,19 @@ class SpaceConfig:
     warmup_epochs: float = 1.0
 
 
+LATENCY_RUNTIMES = ("eager", "compiled", "onnxruntime")
+LATENCY_DEVICES = ("cpu", "trial")
+
+
 @dataclass(frozen=True)
 class ObjectivesConfig:
-    """Maximize validation accuracy; minimize `cost` (macs, params, or measured CPU latency_ms)."""
+    """Maximize validation accuracy; minimize `cost` (macs, params, or measured latency_ms), latency timed at
+    `latency_batch` on `latency_runtime` and `latency_device`."""
 
     cost: str = Metric.MACS.value
     latency_batch: int = 1
+    latency_runtime: str = "eager"  # eager, compiled (torch.compile) or onnxruntime (search/run/runtimes.py)
+    latency_device: str = "cpu"  # cpu, or trial: the trial's own training device (CUDA events on a GPU)
 
 
 @dataclass(frozen=True)

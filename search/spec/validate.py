@@ -17,6 +17,8 @@ from precrop.errors import UserError
 from search.spec.config import (
     ASHA_MODES,
     COST_OBJECTIVES,
+    LATENCY_DEVICES,
+    LATENCY_RUNTIMES,
     MAX_BATCH,
     MAX_COUNT,
     MAX_CPU,
@@ -54,6 +56,11 @@ def validate(config: ExperimentConfig) -> None:
     _validate_trial_specs(config)
     _choice("objectives.cost", config.objectives.cost, COST_OBJECTIVES)
     _count("objectives.latency_batch", config.objectives.latency_batch)
+    _choice("objectives.latency_runtime", config.objectives.latency_runtime, LATENCY_RUNTIMES)
+    _choice("objectives.latency_device", config.objectives.latency_device, LATENCY_DEVICES)
+    onnx_on_gpu = config.objectives.latency_runtime == "onnxruntime" and config.objectives.latency_device != "cpu"
+    _require(not onnx_on_gpu, "objectives.latency_device", "must be cpu with latency_runtime onnxruntime (it runs "
+             "ONNX Runtime's CPU execution provider)")  # fmt: skip
     for name, limit in config.constraints.limits().items():
         _require(_finite(limit) and limit > 0, f"constraints.{name}", f"must be a positive number, got {shown(limit)}")
     search = config.search

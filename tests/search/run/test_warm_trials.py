@@ -85,7 +85,7 @@ def test_search_retimes_latency_of_every_finished_run(tmp_path: Path) -> None:
     write_config(tmp_path, config, "retime.yaml")
     done = run_precrop(tmp_path, "search", "retime.yaml")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "re-timed the CPU latency of 1 distinct plan(s) of 2 completed run(s)" in done.stdout
+    assert "re-timed the CPU latency (eager) of 1 distinct plan(s) of 2 completed run(s)" in done.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("retime")
     assert experiment is not None
