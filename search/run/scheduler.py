@@ -45,20 +45,36 @@ def dominates(a: Point, b: Point) -> bool:
 
 
 def nondominated_layers(points: Sequence[Point]) -> list[int]:
-    """The non-dominated layer of every point (0 = not dominated by any point), by repeated peeling.
+    """The non-dominated layer of every point (0 = not dominated by any point; a point's layer is one past the
+    deepest layer of the points dominating it), by the two-objective sweep in O(n log n).
 
-    Quadratic per layer; rungs hold at most a few hundred trials, so clarity wins over the
-    O(n log n) two-objective sweep.
+    Why not peel fronts one at a time: that is quadratic per layer and cubic in the worst case, and a rung of a
+    1,000-trial search holds 1,000 points. The sweep visits the points by accuracy (best first; equal
+    accuracy, cheaper first), so every point that can dominate the current one was visited before it. Each
+    layer keeps its cheapest cost and the accuracy of the first point it saw at that cost; a layer dominates
+    the point when that cost is lower, or equal at a higher accuracy (equal points never dominate each
+    other). If layer k dominates the point, so does every layer before it (a point of layer k is dominated
+    by one of layer k-1), so the point's layer is found by bisection.
     """
-    layer = [-1] * len(points)
-    remaining = set(range(len(points)))
-    depth = 0
-    while remaining:
-        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)}
-        for i in front:
-            layer[i] = depth
-        remaining -= front
-        depth += 1
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], points[i][1]))
+    cheapest: list[float] = []  # per layer, its lowest cost ...
+    accuracy_there: list[float] = []  # ... and the accuracy of the first point seen at that cost
+    layer = [0] * len(points)
+    for i in order:
+        accuracy, cost = points[i]
+        low, high = 0, len(cheapest)
+        while low < high:  # the first layer that does not dominate the point
+            mid = (low + high) // 2
+            if cheapest[mid] < cost or (cheapest[mid] == cost and accuracy_there[mid] > accuracy):
+                low = mid + 1
+            else:
+                high = mid
+        layer[i] = low
+        if low == len(cheapest):
+            cheapest.append(cost)
+            accuracy_there.append(accuracy)
+        elif cost < cheapest[low]:
+            cheapest[low], accuracy_there[low] = cost, accuracy
     return layer
 
 

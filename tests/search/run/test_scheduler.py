@@ -104,6 +104,36 @@ def test_the_first_front_always_goes_on_and_about_half_in_all() -> None:
 
 
 points = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=25)
+accuracies = st.sampled_from([0.1, 0.25, 0.5, 0.9]) | st.floats(0, 1)
+real_points = st.lists(st.tuples(accuracies, st.sampled_from([1.0, 2.5, 4.0]) | st.floats(0, 5)), min_size=1,
+                       max_size=60)  # fmt: skip
+
+
+def _peeled_layers(pts: list[tuple[float, float]]) -> list[int]:
+    """The layers by peeling one front at a time, straight from the definition (the slow, obvious way)."""
+    layer, remaining, depth = [-1] * len(pts), set(range(len(pts))), 0
+    while remaining:
+        front = {i for i in remaining if not any(dominates(pts[j], pts[i]) for j in remaining if j != i)}
+        for i in front:
+            layer[i] = depth
+        remaining -= front
+        depth += 1
+    return layer
+
+
+@settings(max_examples=300, deadline=None)
+@given(real_points)
+def test_the_sweep_gives_the_layers_peeling_gives(pts: list[tuple[float, float]]) -> None:
+    assert nondominated_layers(pts) == _peeled_layers(pts)
+
+
+def test_a_rung_of_a_thousand_trials_is_ranked_like_the_definition_says() -> None:
+    rng = random.Random(1)
+    # accuracies and costs on coarse grids: many ties, as rounded accuracies on a small validation set give
+    pts = [(round(rng.random(), 2), float(rng.randrange(40))) for _ in range(1000)]
+    layers = nondominated_layers(pts)
+    assert layers == _peeled_layers(pts)
+    assert max(layers) >= 10
 
 
 @settings(max_examples=200, deadline=None)
