@@ -225,4 +225,5 @@ def test_precrop_train_fine_tunes_a_plan_from_the_trained_weights(
                 "--warmup-epochs", "0", "--no-measure", "-o", str(run)]  # fmt: skip
         assert main(argv) == 0
         accuracy[init] = json.loads((run / "metrics.json").read_text())["final"]["val_acc"]
-    assert accuracy["pretrained"] > 0.8 and accuracy["scratch"] < 0.6, accuracy
+    # measured 0.76 and 0.87 (1 and 2 torch threads) against 0.15 from scratch: far apart, whatever the threads
+    assert accuracy["pretrained"] > 0.6 and accuracy["pretrained"] - accuracy["scratch"] > 0.3, accuracy
