@@ -29,8 +29,14 @@ class RayStarted:
     def shutdown(self) -> None:
         """Disconnect from (or stop) Ray; for an embedded Ray, then end its watchdog, which kills whatever
         process of it is left and returns once they are gone. Calling it again does nothing more."""
+        import gc
+
         import ray
 
+        # Ray objects caught in reference cycles (Tune's controller keeps many) must go while Ray is up: a
+        # handle the cyclic collector frees after ray.shutdown() makes Ray's core worker end the whole process
+        # ("The core worker has already been shutdown ... The process will exit"), skipping the summary
+        gc.collect()
         ray.shutdown()
         if self.reaper is not None:
             self.reaper.stop()
