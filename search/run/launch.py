@@ -212,17 +212,15 @@ def optuna_study(record: SearchRecord) -> dict[str, Any]:
 
 def early_stopping(config: ExperimentConfig) -> TrialScheduler:
     """The early-stopping rule `asha` asks for: Pareto-ranked rungs (default), Ray's ASHA on val_acc, or none."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-
-    from search.run.scheduler import ParetoASHA
+    from search.run.scheduler import AccuracyASHA, FifoScheduler, ParetoASHA
     from search.spec.schema import ResultKey
 
     asha = config.asha
     if not asha.enabled:
-        return FIFOScheduler()
+        return FifoScheduler()
     if asha.mode == "pareto":
         return ParetoASHA(config.objectives.cost, config.space.epochs, asha.grace_period, asha.reduction_factor)
-    return AsyncHyperBandScheduler(
+    return AccuracyASHA(
         time_attr=ResultKey.TRAINING_ITERATION.value, metric=ResultKey.ACCURACY.value, mode="max",
         max_t=config.space.epochs, grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
     )  # fmt: skip

@@ -29,13 +29,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from search.infra import ray_private
 from search.spec.schema import ResultKey
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment import Trial
+
 Point = tuple[float, float]  # (accuracy, cost): accuracy is maximized, cost minimized
 
 
@@ -100,7 +102,26 @@ def milestones(max_t: int, grace_period: int, reduction_factor: float) -> list[i
         k += 1
 
 
-class ParetoASHA(FIFOScheduler):
+class PeriodicSnapshots:
+    """Mixed into every scheduler a search uses: on the first trial added, Tune stops forcing an experiment
+    snapshot after each trial checkpoint (search/infra/ray_private.stop_forced_experiment_snapshots says why);
+    a scheduler is the one object of the search Tune hands its controller to."""
+
+    def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
+        """Tune adds a trial: turn the forcing off (once is enough; doing it again costs nothing)."""
+        ray_private.stop_forced_experiment_snapshots(tune_controller)
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+
+
+class FifoScheduler(PeriodicSnapshots, FIFOScheduler):
+    """No early stopping (`asha.enabled: false`)."""
+
+
+class AccuracyASHA(PeriodicSnapshots, AsyncHyperBandScheduler):
+    """Ray's ASHA on validation accuracy alone (`asha.mode: accuracy`)."""
+
+
+class ParetoASHA(PeriodicSnapshots, FIFOScheduler):
     """Asynchronous successive halving with Pareto-ranked rungs on (val_acc, `cost`); see the module doc."""
 
     def __init__(self, cost: str, max_t: int, grace_period: int, reduction_factor: float) -> None:

@@ -7,6 +7,7 @@ the objects Tune itself builds, driven by hand.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import os
 from pathlib import Path
@@ -315,3 +316,27 @@ def test_a_requeued_optuna_trial_is_asked_again_with_its_parameters() -> None:
     assert study.get_trials(deepcopy=False)[0].state == optuna.trial.TrialState.WAITING
     again = study.ask()
     assert again.number == first.number and again.suggest_float("x", 0.0, 1.0) == x
+
+
+# --- no forced experiment snapshot after each trial checkpoint ---
+
+
+def test_stopping_forced_snapshots_leaves_tune_to_its_period() -> None:
+    from types import SimpleNamespace
+
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    parameters = inspect.signature(_ExperimentCheckpointManager.__init__).parameters
+    assert "sync_every_n_trial_checkpoints" in parameters, f"{list(parameters)}; {WRITTEN_AGAINST}"
+    manager = _ExperimentCheckpointManager.__new__(_ExperimentCheckpointManager)  # no storage needed for this
+    manager._sync_every_n_trial_checkpoints = 1  # what num_to_keep=1 sets
+    manager._trial_num_checkpoints_since_last_sync = collections.Counter()
+    manager._should_force_sync_up = False
+    trial: Any = "a trial"  # only counted, by identity
+    manager.on_trial_checkpoint(trial)
+    assert manager._should_force_sync_up, f"Ray no longer forces snapshots after checkpoints; {WRITTEN_AGAINST}"
+    manager._should_force_sync_up = False
+    ray_private.stop_forced_experiment_snapshots(SimpleNamespace(_checkpoint_manager=manager))  # type: ignore[arg-type]
+    manager.on_trial_checkpoint(trial)
+    manager.on_trial_checkpoint(trial)
+    assert not manager._should_force_sync_up

@@ -15,6 +15,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from search.run.scheduler import (
     ParetoASHA,
+    PeriodicSnapshots,
     SchedulerStateKeeper,
     dominates,
     milestones,
@@ -38,9 +39,13 @@ EXPENSIVE_FAST = [(0.95, 0.7, 1.0), (0.94, 0.8, 0.9), (0.93, 0.7, 0.8)]
 def _run(scheduler: Any, trials: dict[str, tuple[float, float, float]], cost_key: str = "macs") -> set[str]:
     """Feed every trial's curve epoch by epoch (trials in order, one at a time); the ids stopped."""
     stopped: set[str] = set()
+    # Tune's controller, as far as a scheduler touches it on a trial's addition (search/infra/ray_private.py)
+    controller = SimpleNamespace(_checkpoint_manager=SimpleNamespace(_sync_every_n_trial_checkpoints=1))
     for trial_id, (final, tau, cost) in trials.items():
         trial = SimpleNamespace(trial_id=trial_id)
-        scheduler.on_trial_add(None, trial)
+        scheduler.on_trial_add(controller, trial)
+        if isinstance(scheduler, PeriodicSnapshots):  # every scheduler of a search (not Ray's own, compared here)
+            assert controller._checkpoint_manager._sync_every_n_trial_checkpoints is None  # no snapshot forced
         for epoch in range(1, EPOCHS + 1):
             result = {"epoch": epoch, "training_iteration": epoch, "val_acc": _accuracy(final, tau, epoch),
                       cost_key: cost}  # fmt: skip
