@@ -9,7 +9,8 @@ number honest:
   Ray actor the driver starts, and times the model only when no trial of this search has. So the
   searcher sees one value per plan, and a trial whose plan was seen before skips the timing.
 - **Once more, at the end, on the idle machine.** Before the front is computed, the driver (or
-  `precrop reconcile`) rebuilds every distinct plan of the trials that trained to the end, times each
+  `precrop reconcile`) rebuilds every distinct plan of the trials that trained to the end (of the front's
+  trials only, when latency is neither the cost objective nor a limit), times each
   again with nothing else running (the trials' thread count, interleaved rounds, the fastest round's
   median), and logs it as the run's `latency_ms`; the in-search value stays as `latency_ms_in_search`.
   The front, `pareto.csv`, `precrop pareto` and study tables use the quiet value.
@@ -155,12 +156,14 @@ class Retimed:
     seconds: float = 0.0
     runtime: str = "eager"
     skipped: str = ""  # why nothing was re-timed, when that is worth saying
+    front_only: bool = False  # only the front's runs (latency_decides_nothing)
 
     def describe(self) -> str:
         """One line for the driver's output."""
         if self.skipped:
             return self.skipped
-        return (f"re-timed the CPU latency ({self.runtime}) of {self.plans} distinct plan(s) of {self.runs} completed "
+        which = "front" if self.front_only else "completed"
+        return (f"re-timed the CPU latency ({self.runtime}) of {self.plans} distinct plan(s) of {self.runs} {which} "
                 f"run(s) on the idle machine ({self.seconds:.1f} s)")  # fmt: skip
 
 
@@ -179,8 +182,11 @@ def retime_search(client: MlflowClient, config: ExperimentConfig, experiment_id:
     if config.objectives.latency_device == "trial" and config.resources.gpu > 0:
         return Retimed(0, 0, runtime=runtime, skipped=f"latency was timed on the trials' GPUs ({runtime}, CUDA "
                        "events): not re-timed on the driver")  # fmt: skip
-    runs = [r for r in tracking.trial_runs(client, experiment_id, parent_run_id)
-            if TrialRun.of(r).completed and Metric.LATENCY_MS_IN_SEARCH not in r.data.metrics]  # fmt: skip
+    completed = [r for r in tracking.trial_runs(client, experiment_id, parent_run_id) if TrialRun.of(r).completed]
+    front_only = latency_decides_nothing(config)
+    if front_only:
+        completed = front_runs(config, completed)
+    runs = [r for r in completed if Metric.LATENCY_MS_IN_SEARCH not in r.data.metrics]
     by_print: dict[str, tuple[WidthPlan, list[Run]]] = {}
     for run in runs:
         plan = load_run_plan(client, run.info.run_id)
@@ -198,7 +204,24 @@ def retime_search(client: MlflowClient, config: ExperimentConfig, experiment_id:
             tracking.log_metrics(client, run.info.run_id, metrics, step=0)
             tracking.set_tags(client, run.info.run_id, {Tag.LATENCY_TIMED: where})
     return Retimed(len(by_print), sum(len(group) for _, group in by_print.values()), time.perf_counter() - started,
-                   runtime)  # fmt: skip
+                   runtime, front_only=front_only)  # fmt: skip
+
+
+def latency_decides_nothing(config: ExperimentConfig) -> bool:
+    """Whether the quiet latency changes no ranking: cost is macs or params and no latency limit is set. Then
+    only the front's runs are re-timed (their latency is shown and exported); at 1,000 trials re-timing every
+    distinct plan built 1,000 models on the driver at the end (docs/benchmarks.md)."""
+    return config.objectives.cost != Metric.LATENCY_MS and Metric.LATENCY_MS not in config.constraints.limits()
+
+
+def front_runs(config: ExperimentConfig, completed: list[Run]) -> list[Run]:
+    """The completed runs on the accuracy-cost front, the config's (non-latency) limits applied first."""
+    from search.results.pareto import pareto_front, record_from_run
+
+    limits = config.constraints.limits()
+    records = [record_from_run(r) for r in completed]
+    front = {r.run_id for r in pareto_front([r for r in records if not r.over_limits(limits)], config.objectives.cost)}
+    return [r for r in completed if r.info.run_id in front]
 
 
 def retime_plans(plans: Iterable[WidthPlan], batch: int, threads: int, runtime: str = "eager") -> list[float]:

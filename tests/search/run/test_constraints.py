@@ -55,6 +55,12 @@ def test_trials_over_the_limit_are_counted_tagged_and_never_on_the_front(limited
     said = f"{len(over)} of {len(completed)} completed trials over a limit (params <= 100000): not on the front"
     assert said in stdout, stdout[-2000:]
     assert runs.parents[0].data.metrics["trials_over_limit"] == len(over)
+    # cost is macs and latency is no limit: only the front's runs were re-timed at the end
+    on_front = {r.info.run_id for r in completed if r.data.tags["pareto"] == "true"}
+    retimed = {r.info.run_id for r in completed if "latency_ms_in_search" in r.data.metrics}
+    assert retimed == on_front, (retimed, on_front)
+    said = rf"re-timed the CPU latency \(eager\) of \d+ distinct plan\(s\) of {len(on_front)} front run"
+    assert re.search(said, stdout), stdout[-2000:]
     # precrop pareto reads the tags: the same front without knowing the limit
     pareto = run_precrop(folder, "pareto", "--experiment", "limited", "--json",
                          "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}")  # fmt: skip
