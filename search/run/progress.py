@@ -45,6 +45,7 @@ class ProgressAndRunCloser(Callback):
         self.offline = False  # MLflow stopped answering: leave the runs to the reconciliation at the end
         self.lost_trials: set[str] = set()
         self.checked_checkpoints: set[tuple[str, str]] = set()  # (trial id, path) whose existence was checked
+        self._counted_restored = False  # the board holds the trials a resumed search had ended before its kill
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (the Tuner saves its callbacks): drop the client and the view (a resumed driver makes
@@ -116,8 +117,8 @@ class ProgressAndRunCloser(Callback):
                 if trial.status in ("TERMINATED", "ERROR"):
                     result = trial.last_result or {}
                     outcome = Outcome.FAILED if trial.status == "ERROR" else _outcome(result)
-                    self.view.board.trial_ended(trial.trial_id, outcome, result.get(ResultKey.ACCURACY, float("nan")),
-                                                result.get(self.cost, float("nan")))  # fmt: skip
+                    accuracy, cost = result.get(ResultKey.ACCURACY, float("nan")), result.get(self.cost, float("nan"))
+                    self.view.board.trial_ended(trial.trial_id, outcome, accuracy, cost, self._within_limits(result))
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Print what the trial will try; it joins the board."""
