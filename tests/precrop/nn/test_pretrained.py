@@ -152,6 +152,21 @@ def trained_resnet(digits: DataSet) -> nn.Module:
     return model
 
 
+def _trained_source(model: nn.Module, folder: Path, module: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A model source `module:trained` (in `folder`, importable) that returns a ResNet-20 with `model`'s weights.
+    Each test names its own module: sources are imported (and cached) by name."""
+    torch.save(model.state_dict(), folder / "trained.pt")
+    (folder / f"{module}.py").write_text(
+        "import torch\nfrom precrop.nn.zoo import build_model\n\n"
+        "def trained(num_classes):\n"
+        "    model = build_model('cifar_resnet20', num_classes)\n"
+        f"    model.load_state_dict(torch.load({str(folder / 'trained.pt')!r}))\n"
+        "    return model\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    return f"{module}:trained"
+
+
 def _test_accuracy(model: nn.Module, digits: DataSet) -> float:
     assert digits.test is not None
     trainer = Trainer(model, digits, TrainConfig(epochs=1))
@@ -165,17 +180,8 @@ def test_a_trained_resnet_cropped_to_half_its_macs_starts_far_above_chance(
     plan = realize("synexp", table, AllocationRequest(macs=0.5), None).plan
     scratch = _test_accuracy(build_from_plan(plan, seed=0), digits)
     # the user's model source returns the trained model (what `model.arch: my_models:trained` does)
-    torch.save(trained_resnet.state_dict(), tmp_path / "trained.pt")
-    (tmp_path / "my_models.py").write_text(
-        "import torch\nfrom precrop.nn.zoo import build_model\n\n"
-        "def trained(num_classes):\n"
-        "    model = build_model('cifar_resnet20', num_classes)\n"
-        f"    model.load_state_dict(torch.load({str(tmp_path / 'trained.pt')!r}))\n"
-        "    return model\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    source = precrop.crop(trained_resnet, torch.zeros(1, *table.input_shape), macs=0.5, source="my_models:trained",
-                          init=None).plan  # fmt: skip
+    arch = _trained_source(trained_resnet, tmp_path, "my_models", monkeypatch)
+    source = precrop.crop(trained_resnet, torch.zeros(1, *table.input_shape), macs=0.5, source=arch, init=None).plan
     assert dict(source.widths) == dict(plan.widths)  # the same allocation, traced from the model in hand
     started = _test_accuracy(model_for_plan(source, "pretrained", digits, seed=0), digits)
     assert scratch < 0.2, scratch  # chance is 0.1
@@ -206,17 +212,9 @@ def test_precrop_train_fine_tunes_a_plan_from_the_trained_weights(
 
     from search.cli import main
 
-    torch.save(trained_resnet.state_dict(), tmp_path / "trained.pt")
-    (tmp_path / "digit_models.py").write_text(
-        "import torch\nfrom precrop.nn.zoo import build_model\n\n"
-        "def trained(num_classes):\n"
-        "    model = build_model('cifar_resnet20', num_classes)\n"
-        f"    model.load_state_dict(torch.load({str(tmp_path / 'trained.pt')!r}))\n"
-        "    return model\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    arch = _trained_source(trained_resnet, tmp_path, "digit_models", monkeypatch)
     plan = tmp_path / "plan.json"
-    assert main(["allocate", "digit_models:trained", "--macs", "0.5", "--input-size", "8", "--num-classes", "10",
+    assert main(["allocate", arch, "--macs", "0.5", "--input-size", "8", "--num-classes", "10",
                  "-o", str(plan)]) == 0
     accuracy = {}
     for init in ("scratch", "pretrained"):
