@@ -16,7 +16,7 @@ from precrop.nn.build import build_from_plan, layer_table
 from precrop.textui import format_table
 from precrop.width.allocate import AllocationRequest
 from search.run.latency import time_models
-from search.run.runtimes import LATENCY_RUNTIMES
+from search.spec.config import LATENCY_RUNTIMES
 
 
 def main() -> None:

@@ -110,13 +110,18 @@ def time_inference(
     net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 20, max_seconds: float = 5.0
 ) -> Timing:
     """Median time of `net(x)` (no grad; bf16 autocast on CUDA), `net` prepared by `timing_copy` and in eval mode."""
+    return _time_calls(inference_call(net, x), _sync_for(x.device), warmup, repeats, max_seconds)
+
+
+def inference_call(net: Callable[[torch.Tensor], object], x: torch.Tensor) -> Callable[[], None]:
+    """One timed inference: `net(x)` without gradients, under bf16 autocast on CUDA (fp32 elsewhere)."""
 
     @torch.no_grad()
     def call() -> None:
         with autocast_context(x.device, amp=True):
             net(x)
 
-    return _time_calls(call, _sync_for(x.device), warmup, repeats, max_seconds)
+    return call
 
 
 def measure_train_step(

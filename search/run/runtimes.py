@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from search.spec.config import LATENCY_DEVICES, LATENCY_RUNTIMES  # noqa: F401  (re-exported)
-
 if TYPE_CHECKING:
     import torch
 
@@ -31,8 +29,7 @@ def prepared_call(
     is copied; building the call does the export or the compile's setup, not the timing)."""
     import torch
 
-    from trainers.loop import autocast_context
-    from trainers.measure import timing_copy
+    from trainers.measure import inference_call, timing_copy
 
     if runtime == "onnxruntime":
         if device.type != "cpu":
@@ -42,13 +39,7 @@ def prepared_call(
     if runtime == "compiled":
         net = torch.compile(net, dynamic=False)
     x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def call() -> None:
-        with autocast_context(x.device, amp=True):
-            net(x)
-
-    return call
+    return inference_call(net, x)
 
 
 def _onnxruntime_call(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int) -> Call:

@@ -14,6 +14,7 @@ from precrop.nn.build import layer_table
 from precrop.width.allocate import AllocationRequest
 from search.run import runtimes
 from search.run.latency import Retimed, plan_fingerprint, retime_plans, time_models
+from search.spec.config import LATENCY_RUNTIMES
 from trainers.measure import time_call
 
 
@@ -36,7 +37,7 @@ def one_thread() -> object:
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("runtime", runtimes.LATENCY_RUNTIMES)
+@pytest.mark.parametrize("runtime", LATENCY_RUNTIMES)
 def test_every_runtime_times_the_model_it_is_handed(runtime: str) -> None:
     times = time_models([Tiny(8), Tiny(32)], [(3, 16, 16)] * 2, batch=4, rounds=1, runtime=runtime)
     assert len(times) == 2 and all(np.isfinite(t) and t > 0 for t in times), times  # no comparison: no clock
@@ -63,7 +64,7 @@ def test_onnxruntime_is_timed_on_the_cpu_only() -> None:
 
 def test_where_a_value_was_timed_is_part_of_its_fingerprint() -> None:
     plan = realize("uniform", layer_table("cifar_resnet20"), AllocationRequest(macs=0.5), None).plan
-    prints = {plan_fingerprint(plan, 1, runtime, device) for runtime in runtimes.LATENCY_RUNTIMES
+    prints = {plan_fingerprint(plan, 1, runtime, device) for runtime in LATENCY_RUNTIMES
               for device in ("cpu", "cuda")}  # fmt: skip
     assert len(prints) == 6
     assert plan_fingerprint(plan, 1) == plan_fingerprint(plan, 1, "eager", "cpu")
