@@ -17,29 +17,22 @@ import torch
 
 from precrop.methods.registry import realize
 from precrop.nn.build import build_from_plan, layer_table
-from precrop.nn.pretrained import crop_pretrained, recalibrate_norms
+from precrop.nn.pretrained import crop_pretrained
 from precrop.nn.surgery import resize_to_widths
 from precrop.nn.zoo import REGISTRY, build_model
 from precrop.textui import format_table
 from precrop.width.allocate import AllocationRequest
-from trainers.batches import probe_batches
 from trainers.datasets import DataRequest, DataSet
 from trainers.load import load_dataset
 from trainers.loop import Trainer, evaluate, train
 from trainers.recipe import TrainConfig
-from trainers.start import RECALIBRATION_BATCH, RECALIBRATION_BATCHES
+from trainers.start import recalibrated
 
 
 def _accuracy(model: torch.nn.Module, data: DataSet) -> float:
     assert data.test is not None
     trainer = Trainer(model, data, TrainConfig(epochs=1))
     return float(evaluate(model.eval(), trainer.batches(data.test, 512))["accuracy"])
-
-
-def _recalibrated(model: torch.nn.Module, data: DataSet, seed: int) -> torch.nn.Module:
-    batches = probe_batches(data, RECALIBRATION_BATCHES, RECALIBRATION_BATCH, seed)
-    recalibrate_norms(model, (images for images, _ in batches))
-    return model
 
 
 def _dense(data: DataSet, seed: int) -> torch.nn.Module:
@@ -73,8 +66,8 @@ def main() -> None:
             for budget in args.budgets:
                 plan = realize(allocator, table, AllocationRequest(macs=budget), None).plan
                 cell = cells.setdefault((allocator, budget), {})
-                ranked = _recalibrated(crop_pretrained(dense, table, plan.widths), data, seed)
-                leading = _recalibrated(resize_to_widths(copy.deepcopy(dense), table, dict(plan.widths)), data, seed)
+                ranked = recalibrated(crop_pretrained(dense, table, plan.widths), data, seed)
+                leading = recalibrated(resize_to_widths(copy.deepcopy(dense), table, dict(plan.widths)), data, seed)
                 scratch = build_from_plan(plan, seed=seed)
                 cell.setdefault("start L1", []).append(_accuracy(ranked, data))
                 cell.setdefault("start leading", []).append(_accuracy(leading, data))

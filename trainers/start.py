@@ -47,7 +47,12 @@ def model_for_plan(plan: WidthPlan, init: str, data: DataSet, seed: int) -> nn.M
     check_init(init, plan.arch)
     dense = REGISTRY.get(plan.arch).build(plan.num_classes)
     table = trace_layer_table(dense, plan.arch, plan.input_shape[1], plan.num_classes, verify=False)
-    model = crop_pretrained(dense, table, plan.widths)
+    return recalibrated(crop_pretrained(dense, table, plan.widths), data, seed)
+
+
+def recalibrated(model: nn.Module, data: DataSet, seed: int) -> nn.Module:
+    """`model`, its BatchNorm statistics re-estimated on RECALIBRATION_BATCHES seeded training batches (the
+    global RNG untouched: a dropout layer in train mode would draw from it)."""
     batches = probe_batches(data, RECALIBRATION_BATCHES, RECALIBRATION_BATCH, seed)
     with torch.random.fork_rng(devices=[]):
         recalibrate_norms(model, (images for images, _ in batches))
