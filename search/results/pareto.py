@@ -15,6 +15,7 @@ from precrop.errors import UserError
 from precrop.methods.registry import METHODS
 from search.record import tracking
 from search.results.outputs import csv_text, new_figure, png_bytes
+from search.spec.config import limit_excess
 from search.spec.schema import Metric, Outcome, Param, RunStatus, Tag
 
 if TYPE_CHECKING:
@@ -92,8 +93,8 @@ class TrialRecord:
 
     def over_limits(self, limits: Mapping[str, float]) -> list[str]:
         """The limits this trial's costs exceed ('latency_ms <= 5'); a cost it has not logged counts as over."""
-        return [f"{name} <= {limit:g}" for name, limit in limits.items()
-                if (value := self.cost(name)) is None or value > limit]  # fmt: skip
+        excess = limit_excess({name: self.cost(name) for name in limits}, limits)
+        return [f"{name} <= {limit:g}" for name, limit in limits.items() if excess[name] > 0]
 
     def cost(self, objective: str) -> float | None:
         """The value of the cost objective (macs, params or latency_ms)."""

@@ -18,6 +18,7 @@ from search.record import tracking
 from search.record.checkpoints import WILL_RESTORE, repair_trial
 from search.run.live import LiveView, SearchBoard
 from search.run.trial_errors import failure_reason
+from search.spec.config import limit_excess
 from search.spec.schema import ACTIVE_STATUSES, Outcome, ResultKey
 
 if TYPE_CHECKING:
@@ -182,8 +183,7 @@ class ProgressAndRunCloser(Callback):
 
     def _within_limits(self, result: dict[str, Any]) -> bool:
         """Whether the in-search costs of `result` are within the hard limits (the end re-checks latency)."""
-        limits: dict[str, float] = self.__dict__.get("limits", {})
-        return all(result.get(name) is not None and float(result[name]) <= limit for name, limit in limits.items())
+        return all(excess <= 0 for excess in limit_excess(result, self.__dict__.get("limits", {})).values())
 
     def _ended(self) -> int:
         return sum(self.view.board.outcomes.values())

@@ -41,7 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.infra import ray_private
 from search.record.tracking import first_line, local_store_path, resolve_tracking_uri
-from search.spec.config import OPTUNA_STORAGE_ENV, ConfigError, ExperimentConfig
+from search.spec.config import OPTUNA_STORAGE_ENV, ConfigError, ExperimentConfig, limit_excess
 from search.spec.limits import clip
 from search.spec.schema import OPTUNA_TRIAL_ID_ATTR, UNTRAINED_CONSTRAINT, Outcome, ResultKey, Tag
 from search.spec.validate import check_optuna_storage
@@ -245,12 +245,6 @@ class ParetoOptunaSearch(OptunaSearch):
 
 
 OVER_LIMIT_SUFFIX = "_over_limit"  # the Optuna constraint of a hard limit: latency_ms_over_limit, ...
-
-
-def limit_excess(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> dict[str, float]:
-    """Per limit, `value / limit - 1` (> 0: over the limit, infeasible); a value not reported counts as over."""
-    return {name: (float(metrics[name]) / limit - 1) if metrics.get(name) is not None else 1.0
-            for name, limit in limits.items()}  # fmt: skip
 
 
 def told_outcome(state: TrialState, untrained: float, result: Mapping[str, Any] | None) -> Outcome:

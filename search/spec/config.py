@@ -9,6 +9,7 @@ where a search keeps its records is search/spec/locations.py. Ranges are written
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,13 @@ class ConstraintsConfig:
         """The limits set, by metric name."""
         return {name: float(v) for name, v in (("latency_ms", self.latency_ms), ("params", self.params),
                                                 ("macs", self.macs)) if v is not None}  # fmt: skip
+
+
+def limit_excess(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> dict[str, float]:
+    """Per limit, `value / limit - 1`: above 0 is over the limit (Optuna's sign for infeasible); a value not
+    reported counts as over. The one rule the searcher, the end of a search and the live board apply."""
+    return {name: (float(metrics[name]) / limit - 1) if metrics.get(name) is not None else 1.0
+            for name, limit in limits.items()}  # fmt: skip
 
 
 @dataclass(frozen=True)
