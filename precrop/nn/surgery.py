@@ -87,12 +87,13 @@ def _resize_layer(
     w_out = widths[layer.out_group]
     w_in = layer.in_width(widths)
     picks = picks or (None, None)
+    leading = picks[0] is None and picks[1] is None  # its leading channels: a layer of the right shape is done
     if isinstance(module, ChannelPad):
         module.in_channels, module.out_channels = w_in, w_out
         return
     if isinstance(module, nn.Linear):
         in_features = w_in * layer.in_per_channel
-        if (module.out_features, module.in_features) == (w_out, in_features) and picks == (None, None):
+        if (module.out_features, module.in_features) == (w_out, in_features) and leading:
             return
         fresh = nn.Linear(in_features, w_out, bias=module.bias is not None).to(module.weight)
         module.weight = _resized(module.weight, (w_out, in_features), fresh.weight.data, picks)
@@ -102,7 +103,7 @@ def _resize_layer(
         return
     assert isinstance(module, nn.Conv2d), f"unexpected module type {type(module).__name__}"
     groups = w_out if layer.depthwise else layer.conv_groups
-    if (module.out_channels, module.in_channels, module.groups) == (w_out, w_in, groups) and picks == (None, None):
+    if (module.out_channels, module.in_channels, module.groups) == (w_out, w_in, groups) and leading:
         return
     kernel = (module.kernel_size[0], module.kernel_size[1])
     fresh_conv = nn.Conv2d(w_in, w_out, kernel, groups=groups, bias=module.bias is not None).to(module.weight)

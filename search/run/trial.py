@@ -127,6 +127,7 @@ class _Trial:
         self.reporting_seconds = 0.0
         self.last_checkpoint = -float("inf")
         self.rss_start_mb = rss_mb()
+        self.latency_timed = ""  # how this attempt timed its latency; empty when it did not (a resumed attempt)
 
     def run(self, resume: Resume | None) -> None:
         """Load the data, allocate, train (from `resume` when given) and report every epoch to Tune and MLflow."""
@@ -178,8 +179,8 @@ class _Trial:
         """Where this attempt runs (Ray node, host, device, process); a retry overwrites it and counts up."""
         tags: dict[str, str] = {Tag.NODE_ID: ray.get_runtime_context().get_node_id(), Tag.HOST: socket.gethostname(),
                 Tag.DEVICE: device, Tag.WORKER_PID: str(os.getpid())}  # fmt: skip
-        if timed := self.__dict__.get("latency_timed"):  # a resumed attempt keeps the first attempt's tag
-            tags[Tag.LATENCY_TIMED] = timed
+        if self.latency_timed:  # a resumed attempt keeps the first attempt's tag
+            tags[Tag.LATENCY_TIMED] = self.latency_timed
 
         def tag_attempt(client: MlflowClient, run_id: str) -> None:
             run = tracking.get_run(client, run_id)
@@ -212,8 +213,9 @@ class _Trial:
         return table, result.plan, dense
 
     def _latency(self, model: torch.nn.Module, plan: WidthPlan) -> float:
-        """CPU latency (ms) at the configured batch size, timed once per plan per search (search/run/latency.py:
-        a plan some trial of this search timed is not timed again); the weights do not matter for it."""
+        """Latency (ms) at the configured batch size, runtime and device, timed once per plan per search
+        (search/run/latency.py: a plan some trial of this search timed is not timed again); the weights do not
+        matter for it."""
         objectives = self.config.objectives
         batch, runtime = objectives.latency_batch, objectives.latency_runtime
         device = latency_device(objectives.latency_device, self.spec.recipe.device)
