@@ -11,7 +11,7 @@ from precrop.errors import FieldError, shown
 
 SCHEDULES = ("cosine", "onecycle")
 # the devices training runs on: torch.device parses more (mps, xpu, ...), none of which this trainer supports
-DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]{0,2}))?")  # torch refuses a leading zero (cuda:01)
 
 
 class RecipeError(FieldError):
